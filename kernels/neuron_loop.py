@@ -1,0 +1,205 @@
+"""Time loops over a neuron step function, with a hand-written backward pass (XLA backend).
+
+``step(params, state, x) -> (new_state, out)`` is the neuron's one written-once step function
+(``state`` a list of arrays, ``params`` a dict whose array leaves broadcast elementwise against
+the state). The forward pass is a ``lax.scan``; the backward pass is a reverse-time scan that
+re-runs each step's VJP from what the forward stored:
+
+- the state entering each step (spike components as ``bool``: they are exactly 0/1; the user's
+  initial state is kept exactly, apart),
+- the input current of each step.
+
+That is all a step needs; autodiff of a scan keeps every intermediate of every step instead.
+Parameter gradients are accumulated **per neuron** in the carry and reduced once after the loop
+(a reduction inside each step costs more than the step itself on CPU).
+
+:func:`recurrent_loop` adds a recurrent weight: ``I_t = ff_t + (W_rec r_{t-1} + b_rec)`` with
+``r`` the neuron's output state; ``dW_rec`` and ``db_rec`` are one GEMM / one sum after the loop.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Tuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+__all__ = ["neuron_loop", "recurrent_loop", "scan_loop", "params_broadcast"]
+
+Step = Callable[[dict, list, jax.Array], Tuple[list, jax.Array]]
+
+
+def scan_loop(step: Step, params, state0: list, xs: jax.Array):
+    """Plain ``lax.scan`` of ``step`` (autodiff backward): ``(final_state, outs)``."""
+
+    def body(s, x):
+        return step(params, s, x)
+
+    return jax.lax.scan(body, list(state0), xs)
+
+
+def params_broadcast(dyn, shape) -> bool:
+    """Whether every parameter array broadcasts to ``shape`` (the per-neuron gradient trick applies)."""
+    try:
+        return all(jnp.broadcast_shapes(a.shape, tuple(shape)) == tuple(shape) for a in jax.tree.leaves(dyn))
+    except ValueError:
+        return False
+
+
+def _reduce_to(g, shape):
+    """Sum a per-neuron gradient back to the parameter's shape."""
+    lead = g.ndim - len(shape)
+    g = jnp.sum(g, axis=tuple(range(lead))) if lead else g
+    axes = tuple(k for k, n in enumerate(shape) if n == 1 and g.shape[k] != 1)
+    return jnp.sum(g, axis=axes, keepdims=True) if axes else g
+
+
+def _compress(state: list, spike_idx: Sequence[int]) -> list:
+    return [s.astype(jnp.bool_) if k in spike_idx else s for k, s in enumerate(state)]
+
+
+def _restore(state: list, state0: list, t, spike_idx: Sequence[int]) -> list:
+    """Decompress a stored entering state; at t = 0 use the exact initial state."""
+    return [jnp.where(t == 0, s0, s.astype(s0.dtype)) if k in spike_idx else s
+            for k, (s, s0) in enumerate(zip(state, state0))]
+
+
+class _Grads:
+    """Per-step VJP of ``step`` whose parameter cotangents are per neuron when possible."""
+
+    def __init__(self, step: Step, static, dyn, x_shape):
+        self.step, self.static = step, static
+        self.elementwise = params_broadcast(dyn, x_shape)
+        self.shape = tuple(x_shape)
+
+    def zeros(self, dyn):
+        if self.elementwise:
+            return jax.tree.map(lambda a: jnp.zeros(self.shape, a.dtype), dyn)
+        return jax.tree.map(jnp.zeros_like, dyn)
+
+    def vjp(self, dyn, s, x, cot):
+        if self.elementwise:
+            dyn = jax.tree.map(lambda a: jnp.broadcast_to(a, self.shape), dyn)
+        _, f = jax.vjp(lambda d, ss, xx: self.step(eqx.combine(d, self.static), ss, xx), dyn, s, x)
+        return f(cot)
+
+    def finish(self, g, dyn):
+        if self.elementwise:
+            return jax.tree.map(lambda gg, a: _reduce_to(gg, a.shape).astype(a.dtype), g, dyn)
+        return g
+
+
+def neuron_loop(step: Step, params, state0: list, xs: jax.Array, spike_idx: Sequence[int] = (),
+                want_out: bool = True, want_read: bool = False):
+    """Run ``step`` over the leading (time) axis of ``xs``: ``(final_state, outs, reads)``.
+
+    ``outs[t]`` is what step t returned (None unless ``want_out``); ``reads[t]`` is the value a
+    consumer reads at step t, i.e. the last state entry *entering* step t (``state0[-1]`` first) -
+    the one-step-shifted output sequence, emitted directly so that no shifted copy is made (None
+    unless ``want_read``). Gradients flow to the array leaves of ``params``, to ``state0`` and to
+    ``xs``; non-array leaves of ``params`` (Python-float thresholds) are constants.
+    """
+    dyn, static = eqx.partition(params, eqx.is_array)
+    spike_idx = tuple(spike_idx)
+
+    def run(d, s0, x, keep):
+        p = eqx.combine(d, static)
+
+        def body(s, xt):
+            ns, out = step(p, s, xt)
+            return ns, (out if want_out else None, s[-1] if want_read else None,
+                        _compress(s, spike_idx) if keep else None)
+
+        return jax.lax.scan(body, list(s0), x)
+
+    @jax.custom_vjp
+    def loop(d, s0, x):
+        sT, (outs, reads, _) = run(d, s0, x, False)
+        return sT, outs, reads
+
+    def fwd(d, s0, x):
+        sT, (outs, reads, s_in) = run(d, s0, x, True)
+        return (sT, outs, reads), (d, list(s0), s_in, x)
+
+    def bwd(res, g):
+        d, s0, s_in, x = res
+        g_sT, g_outs, g_reads = g
+        grads = _Grads(step, static, d, x.shape[1:])
+
+        def body(carry, inp):
+            g_s, g_d = carry
+            t, s, xt, g_out, g_read = inp
+            cot_out = g_out if want_out else jnp.zeros_like(xt, dtype=g_s[-1].dtype)
+            dd, ds, dx = grads.vjp(d, _restore(s, s0, t, spike_idx), xt, (g_s, cot_out))
+            if want_read:
+                ds = list(ds)
+                ds[-1] = ds[-1] + g_read
+            return (ds, jax.tree.map(jnp.add, g_d, dd)), dx
+
+        steps = jnp.arange(x.shape[0])
+        (g_s0, g_d), g_x = jax.lax.scan(body, (list(g_sT), grads.zeros(d)),
+                                        (steps, s_in, x, g_outs, g_reads), reverse=True)
+        return grads.finish(g_d, d), g_s0, g_x
+
+    loop.defvjp(fwd, bwd)
+    return loop(dyn, list(state0), xs)
+
+
+def recurrent_loop(step: Step, params, state0: list, ff: jax.Array, w_rec: jax.Array,
+                   b_rec: Optional[jax.Array], spike_idx: Sequence[int] = ()):
+    """A neuron driven by ``I_t = ff_t + (w_rec @ r_{t-1} + b_rec)``, ``r`` = ``state[-1]``.
+
+    ``ff``: (T, n) hoisted feed-forward current. Returns ``(final_state, outs, I)`` with ``I`` the
+    (T, n) currents (the recurrent compound's Parallel output; differentiable too).
+    """
+    dyn, static = eqx.partition(params, eqx.is_array)
+    spike_idx = tuple(spike_idx)
+    has_bias = b_rec is not None
+
+    def current(w, b, r, fft):
+        rec = w @ r
+        return fft + (rec + b if has_bias else rec)
+
+    def run(d, w, b, s0, x, keep):
+        p = eqx.combine(d, static)
+
+        def body(s, fft):
+            i_t = current(w, b, s[-1], fft)
+            ns, out = step(p, s, i_t)
+            return ns, (out, i_t, _compress(s, spike_idx) if keep else None)
+
+        return jax.lax.scan(body, list(s0), x)
+
+    @jax.custom_vjp
+    def loop(d, w, b, s0, x):
+        sT, (outs, cur, _) = run(d, w, b, s0, x, False)
+        return sT, outs, cur
+
+    def fwd(d, w, b, s0, x):
+        sT, (outs, cur, s_in) = run(d, w, b, s0, x, True)
+        return (sT, outs, cur), (d, w, list(s0), s_in, cur)
+
+    def bwd(res, g):
+        d, w, s0, s_in, cur = res
+        g_sT, g_outs, g_cur = g
+        grads = _Grads(step, static, d, cur.shape[1:])
+
+        def body(carry, inp):
+            g_s, g_d = carry
+            t, s, i_t, g_out, g_i_extra = inp
+            dd, ds, di = grads.vjp(d, _restore(s, s0, t, spike_idx), i_t, (g_s, g_out))
+            di = di + g_i_extra
+            ds = list(ds)
+            ds[-1] = ds[-1] + w.T @ di  # r_{t-1} = s[-1] fed I_t through w
+            return (ds, jax.tree.map(jnp.add, g_d, dd)), di
+
+        steps = jnp.arange(cur.shape[0])
+        (g_s0, g_d), g_i = jax.lax.scan(body, (list(g_sT), grads.zeros(d)),
+                                        (steps, s_in, cur, g_outs, g_cur), reverse=True)
+        r_prev = _restore(s_in, s0, steps.reshape((-1,) + (1,) * s0[-1].ndim), spike_idx)[-1]
+        g_w = jnp.einsum("tn,tm->nm", g_i, r_prev.astype(g_i.dtype))
+        g_b = jnp.sum(g_i, axis=0) if has_bias else None
+        return grads.finish(g_d, d), g_w, g_b, g_s0, g_i
+
+    loop.defvjp(fwd, bwd)
+    return loop(dyn, w_rec, b_rec, list(state0), ff)

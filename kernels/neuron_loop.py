@@ -90,7 +90,7 @@ class _Grads:
 
 
 def neuron_loop(step: Step, params, state0: list, xs: jax.Array, spike_idx: Sequence[int] = (),
-                want_out: bool = True, want_read: bool = False):
+                want_out: bool = True, want_read: bool = False, out_is_last_state: bool = False):
     """Run ``step`` over the leading (time) axis of ``xs``: ``(final_state, outs, reads)``.
 
     ``outs[t]`` is what step t returned (None unless ``want_out``); ``reads[t]`` is the value a
@@ -98,17 +98,24 @@ def neuron_loop(step: Step, params, state0: list, xs: jax.Array, spike_idx: Sequ
     the one-step-shifted output sequence, emitted directly so that no shifted copy is made (None
     unless ``want_read``). Gradients flow to the array leaves of ``params``, to ``state0`` and to
     ``xs``; non-array leaves of ``params`` (Python-float thresholds) are constants.
+    ``out_is_last_state``: the step's output equals its new state's last entry (true of every
+    snnkern neuron), so the outputs can stand in for that entry in the backward pass.
     """
     dyn, static = eqx.partition(params, eqx.is_array)
     spike_idx = tuple(spike_idx)
+
+    # The last state entry entering step t is reads[t], or outs[t-1]: keep those primal outputs as
+    # the residual instead of a second (compressed) copy of the spikes.
+    last_from = "reads" if want_read else "outs" if (want_out and out_is_last_state) else None
+    last_from_reads = last_from is not None
 
     def run(d, s0, x, keep):
         p = eqx.combine(d, static)
 
         def body(s, xt):
             ns, out = step(p, s, xt)
-            return ns, (out if want_out else None, s[-1] if want_read else None,
-                        _compress(s, spike_idx) if keep else None)
+            kept = _compress(s[:-1] if last_from_reads else s, spike_idx) if keep else None
+            return ns, (out if want_out else None, s[-1] if want_read else None, kept)
 
         return jax.lax.scan(body, list(s0), x)
 
@@ -119,18 +126,22 @@ def neuron_loop(step: Step, params, state0: list, xs: jax.Array, spike_idx: Sequ
 
     def fwd(d, s0, x):
         sT, (outs, reads, s_in) = run(d, s0, x, True)
-        return (sT, outs, reads), (d, list(s0), s_in, x)
+        return (sT, outs, reads), (d, list(s0), s_in, x, reads, outs if last_from == "outs" else None)
 
     def bwd(res, g):
-        d, s0, s_in, x = res
+        d, s0, s_in, x, reads, outs = res
         g_sT, g_outs, g_reads = g
         grads = _Grads(step, static, d, x.shape[1:])
 
         def body(carry, inp):
             g_s, g_d = carry
-            t, s, xt, g_out, g_read = inp
+            t, s, xt, g_out, g_read, rd = inp
+            if last_from == "outs":
+                prev = jax.lax.dynamic_index_in_dim(outs, jnp.maximum(t - 1, 0), keepdims=False)
+                rd = jnp.where(t == 0, s0[-1], prev.astype(s0[-1].dtype))
+            s = _restore(s, s0, t, spike_idx) + ([rd] if last_from_reads else [])
             cot_out = g_out if want_out else jnp.zeros_like(xt, dtype=g_s[-1].dtype)
-            dd, ds, dx = grads.vjp(d, _restore(s, s0, t, spike_idx), xt, (g_s, cot_out))
+            dd, ds, dx = grads.vjp(d, s, xt, (g_s, cot_out))
             if want_read:
                 ds = list(ds)
                 ds[-1] = ds[-1] + g_read
@@ -138,7 +149,7 @@ def neuron_loop(step: Step, params, state0: list, xs: jax.Array, spike_idx: Sequ
 
         steps = jnp.arange(x.shape[0])
         (g_s0, g_d), g_x = jax.lax.scan(body, (list(g_sT), grads.zeros(d)),
-                                        (steps, s_in, x, g_outs, g_reads), reverse=True)
+                                        (steps, s_in, x, g_outs, g_reads, reads), reverse=True)
         return grads.finish(g_d, d), g_s0, g_x
 
     loop.defvjp(fwd, bwd)

@@ -141,7 +141,8 @@ def run_plan(plan: Plan, model, states, xs: List[jax.Array], key):
             inp = merge_inputs(layers[i], inputs_from_outside(i, ids))
             finals[i], outs[i], rd = loops.neuron_loop(
                 _neuron_step(layers[i]), layers[i].params(), list(states[i]), _float_input(inp),
-                _spike_idx(layers[i]), want_out=i in final, want_read=i in consumed)
+                _spike_idx(layers[i]), want_out=i in final, want_read=i in consumed,
+                out_is_last_state=getattr(layers[i], "output_is_last_state", False))
             if rd is not None:
                 shifted[i] = rd
         elif not comp.cyclic:

@@ -95,6 +95,7 @@ class Neuron(StatefulLayer):
     state_names: ClassVar[Tuple[str, ...]] = ()
     spike_states: ClassVar[Tuple[str, ...]] = ()   # entries that hold 0/1 spikes (stored compactly)
     returns_list: ClassVar[bool] = False
+    output_is_last_state: ClassVar[bool] = True    # step's output == new_state[-1]
 
     def params(self) -> dict:
         """The parameters ``step`` uses, one entry per use (e.g. ``alpha = decay_constants[0]``), so

@@ -23,17 +23,8 @@ __all__ = ["BACKENDS", "backend", "strict", "current_backend", "is_strict", "Fal
 BACKENDS = ("auto", "reference", "xla", "pallas", "pallas-interpret")
 log = logging.getLogger("snnkern")
 
-_local = threading.local()
-
-
 class FallbackError(RuntimeError):
     """Raised in strict mode where a fallback would otherwise happen."""
-
-
-def _stack(name: str) -> list:
-    if not hasattr(_local, name):
-        setattr(_local, name, [])
-    return getattr(_local, name)
 
 
 def _check(name: str) -> str:
@@ -42,38 +33,71 @@ def _check(name: str) -> str:
     return name
 
 
+class _ThreadLocalState:
+    """Fallback for JAX versions without config states: a thread-local value (not part of the
+    jit cache key, so a function traced once keeps the path it was traced with)."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    @property
+    def value(self):
+        return getattr(self._local, "value", None)
+
+    @contextlib.contextmanager
+    def __call__(self, value):
+        old = self.value
+        self._local.value = value
+        try:
+            yield
+        finally:
+            self._local.value = old
+
+
+def _jit_key_state(name: str, values):
+    """A JAX config state that is part of the jit cache key: a function traced under
+    ``with backend("reference")`` and again under ``with backend("xla")`` is traced twice."""
+    try:
+        from jax._src import config as jax_config
+
+        return jax_config.optional_enum_state(name, list(values), None, f"snnkern: {name}",
+                                              include_in_jit_key=True, include_in_trace_context=True)
+    except Exception:  # private API moved: keep working, without the cache-key guarantee
+        return _ThreadLocalState()
+
+
+_backend_state = _jit_key_state("snnkern_backend", BACKENDS)
+_strict_state = _jit_key_state("snnkern_strict", ("on", "off"))
+
+
 @contextlib.contextmanager
 def backend(name: str) -> Iterator[None]:
-    """Use backend ``name`` for models traced inside the block (overrides ``SNNKERN_BACKEND``)."""
-    _stack("backends").append(_check(name))
-    try:
+    """Use backend ``name`` for models traced inside the block (overrides ``SNNKERN_BACKEND``).
+
+    The choice is part of JAX's jit cache key, so the same jitted function traced inside two
+    different blocks gets two traces (and each runs the path it asked for)."""
+    with _backend_state(_check(name)):
         yield
-    finally:
-        _stack("backends").pop()
 
 
 @contextlib.contextmanager
 def strict(on: bool = True) -> Iterator[None]:
     """Turn fallbacks into :class:`FallbackError` inside the block (like ``SNNKERN_STRICT=1``)."""
-    _stack("strict").append(bool(on))
-    try:
+    with _strict_state("on" if on else "off"):
         yield
-    finally:
-        _stack("strict").pop()
 
 
 def current_backend() -> str:
-    """The requested backend name (before ``auto`` is resolved)."""
-    st = _stack("backends")
-    if st:
-        return st[-1]
+    """The requested backend name (before ``auto`` is resolved): the innermost ``backend(...)``
+    block, else ``SNNKERN_BACKEND`` (read now; set it before the first trace), else ``auto``."""
+    if _backend_state.value is not None:
+        return _backend_state.value
     return _check(os.environ.get("SNNKERN_BACKEND", "auto").strip().lower() or "auto")
 
 
 def is_strict() -> bool:
-    st = _stack("strict")
-    if st:
-        return st[-1]
+    if _strict_state.value is not None:
+        return _strict_state.value == "on"
     return os.environ.get("SNNKERN_STRICT", "0").strip().lower() in ("1", "true", "yes", "on")
 
 

@@ -1,0 +1,45 @@
+"""Benchmark tiers (BENCH.md "Shapes"). ``N_in = N`` everywhere; the recurrent head is ``Linear(N, N)``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+__all__ = ["Tier", "TIERS", "parse_tiers"]
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    platform: str            # "cpu" | "gpu": where the tier runs; gpu tiers are skipped without a GPU
+    model: str               # "ff" | "rec"
+    Ts: Tuple[int, ...]
+    B: int
+    Ns: Tuple[int, ...]
+    purpose: str = ""
+    calib_T: int = 100       # the firing-rate calibration runs the reference forward at min(T, calib_T)
+
+    def configs(self):
+        """(N, T) pairs in run order."""
+        return [(n, t) for n in self.Ns for t in self.Ts]
+
+
+TIERS: Dict[str, Tier] = {t.name: t for t in [
+    Tier("cpu-small", "cpu", "ff", (100,), 8, (128,), "smoke, in `make bench-quick`"),
+    Tier("cpu", "cpu", "ff", (500,), 16, (256,), "headline CPU ratios"),
+    Tier("cpu-long", "cpu", "ff", (50, 200, 1000), 16, (128,), "cost growth with T"),
+    Tier("cpu-rec", "cpu", "rec", (500,), 16, (128,), "recurrent"),
+    Tier("gpu-on", "gpu", "ff", (500,), 16, (4096, 8192), "Open Neuromorphic benchmark setup"),
+    Tier("gpu-small", "gpu", "ff", (1000,), 64, (1024,), "launch/latency-bound regime"),
+    Tier("gpu-rec", "gpu", "rec", (1000,), 64, (256, 1024), "recurrent kernels"),
+    # Test-sized tiers (tests/test_bench.py); not part of `make bench`.
+    Tier("tiny", "cpu", "ff", (20,), 2, (16,), "harness self-test", calib_T=20),
+    Tier("tiny-rec", "cpu", "rec", (20,), 2, (16,), "harness self-test", calib_T=20),
+]}
+
+
+def parse_tiers(spec: str):
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [n for n in names if n not in TIERS]
+    if unknown:
+        raise SystemExit(f"unknown tier(s) {', '.join(unknown)}; known: {', '.join(TIERS)}")
+    return [TIERS[n] for n in names]

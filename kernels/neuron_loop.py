@@ -157,11 +157,13 @@ def neuron_loop(step: Step, params, state0: list, xs: jax.Array, spike_idx: Sequ
 
 
 def recurrent_loop(step: Step, params, state0: list, ff: jax.Array, w_rec: jax.Array,
-                   b_rec: Optional[jax.Array], spike_idx: Sequence[int] = ()):
+                   b_rec: Optional[jax.Array], spike_idx: Sequence[int] = (), want_out: bool = True):
     """A neuron driven by ``I_t = ff_t + (w_rec @ r_{t-1} + b_rec)``, ``r`` = ``state[-1]``.
 
-    ``ff``: (T, n) hoisted feed-forward current. Returns ``(final_state, outs, I)`` with ``I`` the
-    (T, n) currents (the recurrent compound's Parallel output; differentiable too).
+    ``ff``: (T, n) hoisted feed-forward current. Returns ``(final_state, outs, I, reads)``: ``outs``
+    the step outputs (None unless ``want_out``), ``I`` the (T, n) currents (the recurrent compound's
+    Parallel output) and ``reads`` the one-step-shifted ``r`` sequence (``state0[-1]`` first), which
+    is also what ``dW_rec`` is made of. All outputs are differentiable.
     """
     dyn, static = eqx.partition(params, eqx.is_array)
     spike_idx = tuple(spike_idx)
@@ -177,38 +179,40 @@ def recurrent_loop(step: Step, params, state0: list, ff: jax.Array, w_rec: jax.A
         def body(s, fft):
             i_t = current(w, b, s[-1], fft)
             ns, out = step(p, s, i_t)
-            return ns, (out, i_t, _compress(s, spike_idx) if keep else None)
+            # the entering state without its last entry: that one is the emitted read
+            return ns, (out if want_out else None, i_t, s[-1], _compress(s[:-1], spike_idx) if keep else None)
 
         return jax.lax.scan(body, list(s0), x)
 
     @jax.custom_vjp
     def loop(d, w, b, s0, x):
-        sT, (outs, cur, _) = run(d, w, b, s0, x, False)
-        return sT, outs, cur
+        sT, (outs, cur, reads, _) = run(d, w, b, s0, x, False)
+        return sT, outs, cur, reads
 
     def fwd(d, w, b, s0, x):
-        sT, (outs, cur, s_in) = run(d, w, b, s0, x, True)
-        return (sT, outs, cur), (d, w, list(s0), s_in, cur)
+        sT, (outs, cur, reads, s_in) = run(d, w, b, s0, x, True)
+        return (sT, outs, cur, reads), (d, w, list(s0), s_in, cur, reads)
 
     def bwd(res, g):
-        d, w, s0, s_in, cur = res
-        g_sT, g_outs, g_cur = g
+        d, w, s0, s_in, cur, reads = res
+        g_sT, g_outs, g_cur, g_reads = g
         grads = _Grads(step, static, d, cur.shape[1:])
 
         def body(carry, inp):
             g_s, g_d = carry
-            t, s, i_t, g_out, g_i_extra = inp
-            dd, ds, di = grads.vjp(d, _restore(s, s0, t, spike_idx), i_t, (g_s, g_out))
+            t, s, i_t, rd, g_out, g_i_extra, g_rd = inp
+            s = _restore(s, s0, t, spike_idx) + [rd]
+            cot_out = g_out if want_out else jnp.zeros_like(i_t, dtype=g_s[-1].dtype)
+            dd, ds, di = grads.vjp(d, s, i_t, (g_s, cot_out))
             di = di + g_i_extra
             ds = list(ds)
-            ds[-1] = ds[-1] + w.T @ di  # r_{t-1} = s[-1] fed I_t through w
+            ds[-1] = ds[-1] + w.T @ di + g_rd  # r_{t-1} = s[-1] fed I_t through w, and was read
             return (ds, jax.tree.map(jnp.add, g_d, dd)), di
 
         steps = jnp.arange(cur.shape[0])
         (g_s0, g_d), g_i = jax.lax.scan(body, (list(g_sT), grads.zeros(d)),
-                                        (steps, s_in, cur, g_outs, g_cur), reverse=True)
-        r_prev = _restore(s_in, s0, steps.reshape((-1,) + (1,) * s0[-1].ndim), spike_idx)[-1]
-        g_w = jnp.einsum("tn,tm->nm", g_i, r_prev.astype(g_i.dtype))
+                                        (steps, s_in, cur, reads, g_outs, g_cur, g_reads), reverse=True)
+        g_w = jnp.einsum("tn,tm->nm", g_i, reads.astype(g_i.dtype))
         g_b = jnp.sum(g_i, axis=0) if has_bias else None
         return grads.finish(g_d, d), g_w, g_b, g_s0, g_i
 

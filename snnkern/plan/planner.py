@@ -108,7 +108,8 @@ def _layer_steps(where: str, layer) -> Tuple[Step, ...]:
     if is_neuron(layer):
         choice = dispatch.choose_neuron_backend(where)
         return (Step(where, f"{choice.path}-neuron-loop (custom VJP)", choice.reason),)
-    return (Step(where, "scan (autodiff)", f"{type(layer).__name__} has no step function to fuse"),)
+    reason = dispatch.fallback(where, "scan (autodiff)", f"{type(layer).__name__} has no step function to fuse").reason
+    return (Step(where, "scan (autodiff)", reason),)
 
 
 def make_plan(model) -> Plan:

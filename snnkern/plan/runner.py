@@ -28,7 +28,8 @@ def _keep_dtypes(new, old):
 
 def _shift(seq, first):
     """``[first, seq[0], ..., seq[T-2]]``: what a consumer reads one step later."""
-    return jnp.concatenate([jnp.asarray(first, seq.dtype)[None], seq[:-1]], axis=0)
+    # the reference carries each state in its initial dtype (an int input read through a float state)
+    return jnp.concatenate([first[None], seq[:-1].astype(first.dtype)], axis=0)
 
 
 def _float_input(x):
@@ -173,7 +174,7 @@ def run_plan(plan: Plan, model, states, xs: List[jax.Array], key):
                                     [keys[i] for i in ids])
             for k, i in enumerate(ids):
                 finals[i], outs[i], reads[i] = f[k], o[k], r[k]
-    return finals, [outs[j] for j in struct.final_layer_ids]
+    return _keep_dtypes(finals, list(states)), [outs[j] for j in struct.final_layer_ids]
 
 
 def _run_recurrent(layer, state, outside_seqs, key, want_out: bool):

@@ -131,6 +131,16 @@ def pallas_available() -> Optional[str]:
     return None
 
 
+def _compiled_pallas_unavailable() -> Optional[str]:
+    """Why compiled (not interpreted) kernels cannot be emitted here, or None: they need a GPU/TPU
+    default backend, or an abstract GPU/TPU device (``jax.sharding.use_abstract_mesh``) to lower for."""
+    from .pallas_neuron import target_platform
+    if target_platform() == "any":
+        return (f"compiled Pallas kernels need a GPU or TPU (platform: {jax.default_backend()}); "
+                "use 'pallas-interpret', or lower under jax.sharding.use_abstract_mesh with an accelerator device")
+    return None
+
+
 def choose_neuron_backend(where: str) -> Choice:
     """Backend for a recognised neuron loop / recurrent chain: ``xla`` or a Pallas variant."""
     requested = current_backend()
@@ -140,12 +150,35 @@ def choose_neuron_backend(where: str) -> Choice:
         platform = jax.default_backend()
         if platform == "cpu":
             return Choice("xla")  # Pallas on CPU only runs interpreted: slow, for tests only
-        why = pallas_available()
-        if why is None:
-            return Choice("pallas")
+        why = pallas_available() or ("the Pallas kernels pass in interpret mode and lower for cuda/tpu but "
+                                     "have not yet run on hardware; ask for backend 'pallas' explicitly")
         return fallback(where, "xla", f"auto on {platform}: {why}")
     # pallas / pallas-interpret explicitly asked for
     why = pallas_available()
+    if why is None and requested == "pallas":
+        why = _compiled_pallas_unavailable()
     if why is None:
         return Choice(requested)
     return fallback(where, "xla", f"backend {requested!r} requested but {why}")
+
+
+def choose_recurrent_backend(where: str) -> Choice:
+    """Backend for a recognised recurrent compound: there is no Pallas recurrent kernel yet."""
+    if current_backend() == "auto":
+        return Choice("xla")   # the best path there is; nothing that was asked for is missing
+    choice = choose_neuron_backend(where)
+    if choice.path in ("pallas", "pallas-interpret"):
+        return fallback(where, "xla", "no Pallas recurrent kernel yet (the XLA recurrent loop runs)")
+    return choice
+
+
+def neuron_loop_fn(path: str):
+    """The neuron time loop of a chosen path (``xla`` | ``pallas`` | ``pallas-interpret``), with the
+    call contract of :func:`snnkern.kernels.neuron_loop.neuron_loop`."""
+    if path in ("pallas", "pallas-interpret"):
+        import functools
+
+        from . import pallas_neuron
+        return functools.partial(pallas_neuron.neuron_loop, interpret=path == "pallas-interpret")
+    from . import neuron_loop
+    return neuron_loop.neuron_loop

@@ -99,6 +99,9 @@ def recurrent_pattern(layer, n_inputs: int, self_pos: int) -> Optional[str]:
     return None
 
 
+_NEURON_LOOP = "-neuron-loop (custom VJP)"
+
+
 def _layer_steps(where: str, layer) -> Tuple[Step, ...]:
     """Steps of a layer run over the whole sequence (not part of a cycle)."""
     if is_compound(layer):
@@ -107,7 +110,7 @@ def _layer_steps(where: str, layer) -> Tuple[Step, ...]:
         return (Step(where, "batched over T (one call)"),)
     if is_neuron(layer):
         choice = dispatch.choose_neuron_backend(where)
-        return (Step(where, f"{choice.path}-neuron-loop (custom VJP)", choice.reason),)
+        return (Step(where, f"{choice.path}{_NEURON_LOOP}", choice.reason),)
     reason = dispatch.fallback(where, "scan (autodiff)", f"{type(layer).__name__} has no step function to fuse").reason
     return (Step(where, "scan (autodiff)", reason),)
 
@@ -129,7 +132,9 @@ def make_plan(model) -> Plan:
             layer = layers[i]
             kind = ("compound" if is_compound(layer) else "neuron" if is_neuron(layer)
                     else "stateful" if is_stateful(layer) else "stateless")
-            comps.append(Component(ids, False, kind, _layer_steps(_name(i, layer), layer)))
+            steps = _layer_steps(_name(i, layer), layer)
+            chosen = [s.path[:-len(_NEURON_LOOP)] for s in steps if s.path.endswith(_NEURON_LOOP)]
+            comps.append(Component(ids, False, kind, steps, backend=chosen[0] if chosen else "xla"))
             continue
         why = "a cycle through several layers runs as one per-step loop"
         if len(ids) == 1:
@@ -140,7 +145,7 @@ def make_plan(model) -> Plan:
             why = recurrent_pattern(layers[i], n_in, self_pos) if srcs.count(i) == 1 else "several self-edges"
             if why is None:
                 where = _name(i, layers[i])
-                choice = dispatch.choose_neuron_backend(where)
+                choice = dispatch.choose_recurrent_backend(where)
                 comps.append(Component(ids, True, "recurrent-compound", (
                     Step(where + " feed-forward branches", "batched over T (one GEMM)"),
                     Step(where + " recurrence + neuron", f"{choice.path}-recurrent-loop (custom VJP)",

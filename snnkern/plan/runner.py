@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jrand
 
+from snnkern.kernels import dispatch
 from snnkern.kernels import neuron_loop as loops
 
 from .planner import Plan
@@ -83,7 +84,7 @@ def run_layer_seq(layer, state, inp, key, backend: str):
             outs.append(h)
         return states, outs
     if is_neuron(layer):
-        sT, out, _ = loops.neuron_loop(_neuron_step(layer), layer.params(), list(state), _float_input(inp),
+        sT, out, _ = dispatch.neuron_loop_fn(backend)(_neuron_step(layer), layer.params(), list(state), _float_input(inp),
                                        _spike_idx(layer))
         return sT, out
     return _generic_scan([layer], [state], lambda t_inp, carry: [t_inp], inp, [key], emit_read=False)
@@ -140,7 +141,7 @@ def run_plan(plan: Plan, model, states, xs: List[jax.Array], key):
             # the loop emits the shifted read sequence itself: no shifted copy of the spikes
             (i,) = ids
             inp = merge_inputs(layers[i], inputs_from_outside(i, ids))
-            finals[i], outs[i], rd = loops.neuron_loop(
+            finals[i], outs[i], rd = dispatch.neuron_loop_fn(comp.backend)(
                 _neuron_step(layers[i]), layers[i].params(), list(states[i]), _float_input(inp),
                 _spike_idx(layers[i]), want_out=i in final, want_read=i in consumed,
                 out_is_last_state=getattr(layers[i], "output_is_last_state", False))

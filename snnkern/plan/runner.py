@@ -163,7 +163,7 @@ def run_plan(plan: Plan, model, states, xs: List[jax.Array], key):
             def inputs_of(xt, carry, ids=ids, pos=pos):
                 merged = []
                 for i in ids:
-                    vals, it = [], iter(xt[i])
+                    it = iter(xt[i])
                     vals = [next(it) for _ in struct.input_layer_ids[i]]
                     for j in struct.input_connectivity[i]:
                         v = next(it)

@@ -3,7 +3,7 @@
 Backends: ``auto`` | ``reference`` | ``xla`` | ``pallas`` | ``pallas-interpret``.
 Read each time a model is traced (never frozen at import): the innermost ``with backend(...)``
 wins, else the environment variable ``SNNKERN_BACKEND``, else ``auto``. ``auto`` picks by the
-default JAX backend. Every fallback carries a reason; strict mode (``SNNKERN_STRICT=1`` or
+default JAX backend: the Pallas kernels on GPU/TPU, the XLA loops on CPU. Every fallback carries a reason; strict mode (``SNNKERN_STRICT=1`` or
 ``with strict():``) turns a fallback into a :class:`FallbackError`.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 import jax
 
 __all__ = ["BACKENDS", "backend", "strict", "current_backend", "is_strict", "FallbackError", "Choice",
-           "choose_neuron_backend", "log"]
+           "choose_neuron_backend", "choose_recurrent_backend", "neuron_loop_fn", "recurrent_impl", "log"]
 
 BACKENDS = ("auto", "reference", "xla", "pallas", "pallas-interpret")
 log = logging.getLogger("snnkern")
@@ -125,9 +125,9 @@ def fallback(where: str, path: str, reason: str) -> Choice:
 def pallas_available() -> Optional[str]:
     """None if the Pallas kernels can be used, else why not."""
     try:
-        from . import pallas_neuron  # noqa: F401  (the kernel module of the kernels issue)
-    except ImportError:
-        return "the Pallas neuron-loop kernels are not part of this build yet"
+        from . import pallas_neuron, pallas_recurrent  # noqa: F401
+    except ImportError as e:
+        return f"the Pallas kernels cannot be imported here ({e})"
     return None
 
 
@@ -141,17 +141,28 @@ def _compiled_pallas_unavailable() -> Optional[str]:
     return None
 
 
-def choose_neuron_backend(where: str) -> Choice:
-    """Backend for a recognised neuron loop / recurrent chain: ``xla`` or a Pallas variant."""
+def choose_neuron_backend(where: str, platform: Optional[str] = None) -> Choice:
+    """Backend for a recognised neuron loop / recurrent chain: ``xla`` or a Pallas variant.
+
+    ``auto``: the compiled Pallas kernels on GPU/TPU, the XLA loop on CPU (Pallas on CPU only
+    runs interpreted: slow, for tests). Shapes are checked when the loop is traced (the kernels
+    pad N, B and T to their tiles; what they cannot take runs the XLA loop with a logged reason).
+    ``SNNKERN_AUTO_PALLAS=0`` keeps ``auto`` on XLA everywhere (a logged choice, not a fallback).
+    ``platform``: decide as if on that platform (tests); default ``jax.default_backend()``."""
     requested = current_backend()
     if requested == "xla":
         return Choice("xla")
     if requested == "auto":
-        platform = jax.default_backend()
+        platform = (platform or jax.default_backend()).lower()
         if platform == "cpu":
-            return Choice("xla")  # Pallas on CPU only runs interpreted: slow, for tests only
-        why = pallas_available() or ("the Pallas kernels pass in interpret mode and lower for cuda/tpu but "
-                                     "have not yet run on hardware; ask for backend 'pallas' explicitly")
+            return Choice("xla")
+        if os.environ.get("SNNKERN_AUTO_PALLAS", "1").strip().lower() in ("0", "false", "no", "off"):
+            return Choice("xla")
+        why = pallas_available()
+        if why is None and platform not in ("gpu", "cuda", "rocm", "tpu"):
+            why = f"no Pallas lowering for platform {platform!r}"
+        if why is None:
+            return Choice("pallas")
         return fallback(where, "xla", f"auto on {platform}: {why}")
     # pallas / pallas-interpret explicitly asked for
     why = pallas_available()
@@ -162,14 +173,10 @@ def choose_neuron_backend(where: str) -> Choice:
     return fallback(where, "xla", f"backend {requested!r} requested but {why}")
 
 
-def choose_recurrent_backend(where: str) -> Choice:
-    """Backend for a recognised recurrent compound: there is no Pallas recurrent kernel yet."""
-    if current_backend() == "auto":
-        return Choice("xla")   # the best path there is; nothing that was asked for is missing
-    choice = choose_neuron_backend(where)
-    if choice.path in ("pallas", "pallas-interpret"):
-        return fallback(where, "xla", "no Pallas recurrent kernel yet (the XLA recurrent loop runs)")
-    return choice
+def choose_recurrent_backend(where: str, platform: Optional[str] = None) -> Choice:
+    """Backend for a recognised recurrent compound (the same rules as a neuron loop; the
+    recurrent kernel's own limits, e.g. the size of W_rec, are checked when it is traced)."""
+    return choose_neuron_backend(where, platform)
 
 
 def neuron_loop_fn(path: str):
@@ -182,3 +189,14 @@ def neuron_loop_fn(path: str):
         return functools.partial(pallas_neuron.neuron_loop, interpret=path == "pallas-interpret")
     from . import neuron_loop
     return neuron_loop.neuron_loop
+
+
+def recurrent_impl(path: str):
+    """The batched recurrent loop of a chosen path, for ``neuron_loop.recurrent_loop(impl=...)``."""
+    if path in ("pallas", "pallas-interpret"):
+        import functools
+
+        from . import pallas_recurrent
+        return functools.partial(pallas_recurrent.recurrent_batched, interpret=path == "pallas-interpret")
+    from . import neuron_loop
+    return neuron_loop.recurrent_batched

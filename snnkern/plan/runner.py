@@ -154,8 +154,8 @@ def run_plan(plan: Plan, model, states, xs: List[jax.Array], key):
             outs[i], reads[i] = out, read_from_out(layers[i], out)
         elif comp.kind == "recurrent-compound":
             (i,) = ids
-            finals[i], outs[i], shifted[i] = _run_recurrent(layers[i], states[i],
-                                                            inputs_from_outside(i, ids)[:-1], keys[i], i in final)
+            finals[i], outs[i], shifted[i] = _run_recurrent(layers[i], states[i], inputs_from_outside(i, ids)[:-1],
+                                                            keys[i], i in final, comp.backend)
         else:
             outside = {i: inputs_from_outside(i, ids) for i in ids}
             pos = {i: k for k, i in enumerate(ids)}
@@ -178,7 +178,7 @@ def run_plan(plan: Plan, model, states, xs: List[jax.Array], key):
     return _keep_dtypes(finals, list(states)), [outs[j] for j in struct.final_layer_ids]
 
 
-def _run_recurrent(layer, state, outside_seqs, key, want_out: bool):
+def _run_recurrent(layer, state, outside_seqs, key, want_out: bool, backend: str = "xla"):
     """``CompoundLayer([Parallel([br_0, ..., Linear_rec]), neuron])`` with a self-edge."""
     par, neuron = layer.layers
     k_par, k_neuron = jrand.split(key, 2)
@@ -190,6 +190,6 @@ def _run_recurrent(layer, state, outside_seqs, key, want_out: bool):
     rec = par.layers[-1]
     sT, out, cur, reads = loops.recurrent_loop(_neuron_step(neuron), neuron.params(), list(state[1]),
                                                _float_input(ff), rec.weight, rec.bias, _spike_idx(neuron),
-                                               want_out=want_out)
+                                               want_out=want_out, impl=dispatch.recurrent_impl(backend))
     # the compound reads as its neuron: reads = the shifted neuron output, state[-1] entering each step
     return [[cur[-1]], sT], ([cur, out] if want_out else None), reads

@@ -460,3 +460,36 @@ def test_default_spike_fn_is_superspike_10():
     g_ref = float(jax.grad(lambda v: ref_fn(v).sum())(jnp.array([0.7 - 1.0]))[0])
     np.testing.assert_allclose(g, 1.0 / (1.0 + 10.0 * 0.3), atol=1e-6)
     np.testing.assert_allclose(g, g_ref, atol=1e-7)
+
+
+def test_float64_mode_runs_every_decayed_neuron():
+    """With ``jax_enable_x64`` the decays (float32 arrays) meet float64 inputs: the decay clamp must
+    not mix dtypes (it raised "lax.clamp requires arguments to have the same dtypes" before). Run in
+    a subprocess: x64 is process-wide. The planned path and the reference must agree (1e-6) and the
+    gradients must be finite."""
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent("""
+        import jax, jax.numpy as jnp, equinox as eqx, numpy as np
+        import snnkern
+        from snnkern import snn
+        assert jax.config.jax_enable_x64
+        k = jax.random.split(jax.random.PRNGKey(0), 3)
+        for neuron in (snn.LIF([0.9, 0.8]), snn.LIFSoftReset([0.9, 0.8]), snn.SimpleLIF([0.8]),
+                       snn.IAF([0.9]), snn.SimpleLI([0.8]), snn.AdaptiveLIF([0.9])):
+            model = snn.Sequential(eqx.nn.Linear(3, 4, key=k[0]), neuron)
+            st = model.init_state((3,), k[1])
+            x = jnp.abs(jax.random.normal(k[2], (6, 3), jnp.float64)) * 3
+            outs = {}
+            for be in ("reference", "xla"):
+                with snnkern.backend(be):
+                    f = lambda m: jnp.sum(m(st, x, k[2])[1][0])
+                    outs[be] = (model(st, x, k[2])[1][0], eqx.filter_grad(f)(model))
+            np.testing.assert_allclose(np.asarray(outs["xla"][0]), np.asarray(outs["reference"][0]), atol=1e-6)
+            assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(outs["xla"][1]))
+        print("ok")
+    """)
+    env = dict(__import__("os").environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

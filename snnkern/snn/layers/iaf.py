@@ -6,10 +6,9 @@ from typing import Callable, Optional, Union
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax.lax import clamp
 
 from ...functional.surrogate import SpikeFn
-from .stateful import DEFAULT_SPIKE_FN, Neuron, StateShape, _decay_array, default_init_fn
+from .stateful import clamp_decay, DEFAULT_SPIKE_FN, Neuron, StateShape, _decay_array, default_init_fn
 
 __all__ = ["SimpleIAF", "IAF"]
 
@@ -80,7 +79,7 @@ class IAF(Neuron):
 
     def step(self, p, state, x):
         mem, syn, _ = state
-        b = clamp(0.5, p["beta"], 1.0)
+        b = clamp_decay(p["beta"])
         mem = (mem - p["leak"]) + syn
         syn = b * syn + (1.0 - b) * x
         spk = self.spike_fn(mem - p["threshold"])

@@ -4,9 +4,8 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import jax
-from jax.lax import clamp
 
-from .stateful import Neuron, StateShape, _decay_array, default_init_fn
+from .stateful import clamp_decay, Neuron, StateShape, _decay_array, default_init_fn
 
 __all__ = ["SimpleLI"]
 
@@ -28,6 +27,6 @@ class SimpleLI(Neuron):
 
     def step(self, p, state, x):
         (mem,) = state
-        a = clamp(0.5, p["alpha"], 1.0)
+        a = clamp_decay(p["alpha"])
         mem = a * mem + (1.0 - a) * x
         return [mem], mem

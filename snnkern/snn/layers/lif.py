@@ -6,10 +6,9 @@ from typing import Callable, Optional, Sequence, Union
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax.lax import clamp
 
 from ...functional.surrogate import SpikeFn
-from .stateful import DEFAULT_SPIKE_FN, Neuron, StateShape, _decay_array, default_init_fn
+from .stateful import clamp_decay, DEFAULT_SPIKE_FN, Neuron, StateShape, _decay_array, default_init_fn
 
 __all__ = ["SimpleLIF", "LIF", "LIFSoftReset", "AdaptiveLIF"]
 
@@ -47,7 +46,7 @@ class SimpleLIF(Neuron):
 
     def step(self, p, state, x):
         mem, _ = state
-        a = clamp(0.5, p["alpha"], 1.0)
+        a = clamp_decay(p["alpha"])
         mem = a * mem + (1.0 - a) * x
         spk = self.spike_fn(mem - p["threshold"])
         r = mem * spk if p["reset_val"] is None else jax.nn.softplus(p["reset_val"]) * spk
@@ -92,8 +91,8 @@ class LIF(Neuron):
     def step(self, p, state, x):
         mem, syn, spk = state
         mem = mem - self._reset(self.reset_term(p, mem, spk))
-        a = clamp(0.5, p["alpha"], 1.0)
-        b = clamp(0.5, p["beta"], 1.0)
+        a = clamp_decay(p["alpha"])
+        b = clamp_decay(p["beta"])
         mem = a * mem + (1.0 - a) * syn
         syn = b * syn + (1.0 - b) * x
         spk = self.spike_fn(mem - p["threshold"])
@@ -144,10 +143,10 @@ class AdaptiveLIF(Neuron):
 
     def step(self, p, state, x):
         mem, ada, _ = state
-        a_ = clamp(0.5, p["alpha"], 1.0)
-        beta = clamp(0.5, p["ada_beta"], 1.0)
-        a = clamp(-1.0, p["ada_a"], 1.0)
-        b = clamp(0.0, p["ada_b"], 2.0)
+        a_ = clamp_decay(p["alpha"])
+        beta = clamp_decay(p["ada_beta"])
+        a = clamp_decay(p["ada_a"], -1.0, 1.0)
+        b = clamp_decay(p["ada_b"], 0.0, 2.0)
         mem = a_ * mem + (1.0 - a_) * (x + ada)
         spk = self.spike_fn(mem - p["threshold"])
         ada_new = (1.0 - beta) * a * mem + beta * ada - b * jax.lax.stop_gradient(spk)

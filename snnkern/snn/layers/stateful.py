@@ -72,6 +72,13 @@ class RequiresStateLayer(eqx.Module):
         raise NotImplementedError
 
 
+def clamp_decay(x: jax.Array, lo: float = 0.5, hi: float = 1.0) -> jax.Array:
+    """``lax.clamp(lo, x, hi)`` (snnax's decay clamp, same gradient at the bounds) with the bounds in
+    ``x``'s dtype, so it also works for float64 decays (``jax_enable_x64``) and bf16 ones."""
+    x = jnp.asarray(x)
+    return jax.lax.clamp(jnp.asarray(lo, x.dtype), x, jnp.asarray(hi, x.dtype))
+
+
 def _decay_array(owner: str, name: str, value: Any, count: int, meaning: str) -> jax.Array:
     """Decay constants as a float array with at least ``count`` entries, or a clear ValueError."""
     if isinstance(value, (list, tuple)) and not all(isinstance(v, (int, float)) or hasattr(v, "shape") for v in value):

@@ -168,9 +168,9 @@ def headline_table(rows: Sequence[dict]) -> List[str]:
 
 def detail_table(rows: Sequence[dict]) -> List[str]:
     out = ["| tier | model | N | T | B | path | fused components | fwd ms [p10-p90] | fwd+bwd ms [p10-p90] "
-           "| compile fwd / fwd+bwd s | mem fwd / fwd+bwd MB (temp+out) | GPU peak MB | GFLOP/s fwd / fwd+bwd "
-           "| rates | sanity |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| fwd+bwd us/step | compile fwd / fwd+bwd s | mem fwd / fwd+bwd MB (temp+out) | GPU peak MB "
+           "| GFLOP/s fwd / fwd+bwd | rates | sanity |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("speed_figure") == "skipped":
             continue
@@ -180,10 +180,16 @@ def detail_table(rows: Sequence[dict]) -> List[str]:
         gf = "/".join("-" if _f(r, k) is None else f"{_f(r, k):.3g}" for k in ("fwd_gflops", "fwdbwd_gflops"))
         out.append(
             f"| {c[0]} | {c[1]} | {c[2]} | {c[3]} | {c[4]} | {r['path']}{tag} | {r.get('fused', '')} | {_ms(r, 'fwd')} "
-            f"| {_ms(r, 'fwdbwd')} | {_f(r, 'compile_fwd_s') or 0:.2f} / {_f(r, 'compile_fwdbwd_s') or 0:.2f} "
+            f"| {_ms(r, 'fwdbwd')} | {_per_step_us(r)} | {_f(r, 'compile_fwd_s') or 0:.2f} / {_f(r, 'compile_fwdbwd_s') or 0:.2f} "
             f"| {_mb(_f(r, 'mem_fwd_bytes'))} / {_mb(_f(r, 'mem_fwdbwd_bytes'))} | {_mb(_f(r, 'peak_bytes_fwdbwd'))} "
             f"| {gf} | {r.get('rates', '')} | {r.get('sanity', '') or 'ok'} |")
     return out
+
+
+def _per_step_us(r) -> str:
+    """fwd+bwd time per time step in microseconds (the recurrent target is stated per step)."""
+    t, T = _f(r, "fwdbwd_median_s"), _f(r, "T")
+    return "-" if t is None or not T else f"{1e6 * t / T:.3g}"
 
 
 def gpu_table(rows: Sequence[dict]) -> List[str]:

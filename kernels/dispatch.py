@@ -173,10 +173,18 @@ def choose_neuron_backend(where: str, platform: Optional[str] = None) -> Choice:
     return fallback(where, "xla", f"backend {requested!r} requested but {why}")
 
 
-def choose_recurrent_backend(where: str, platform: Optional[str] = None) -> Choice:
-    """Backend for a recognised recurrent compound (the same rules as a neuron loop; the
-    recurrent kernel's own limits, e.g. the size of W_rec, are checked when it is traced)."""
-    return choose_neuron_backend(where, platform)
+def choose_recurrent_backend(where: str, platform: Optional[str] = None, n: Optional[int] = None) -> Choice:
+    """Backend for a recognised recurrent compound of ``n`` neurons: the rules of a neuron loop,
+    plus the recurrent kernel's size limit (W_rec on chip) when ``n`` is given. The rest of its
+    limits (dtype, T = 0) are checked when it is traced."""
+    choice = choose_neuron_backend(where, platform)
+    if n is not None and choice.path in ("pallas", "pallas-interpret"):
+        from . import pallas_recurrent
+        plat = "cpu" if choice.path == "pallas-interpret" else (platform or jax.default_backend())
+        why = pallas_recurrent.size_reason(int(n), plat)
+        if why is not None:
+            return fallback(where, "xla", why)
+    return choice
 
 
 def neuron_loop_fn(path: str):

@@ -166,27 +166,36 @@ def _current(w, b, r, fft):
 
 def recurrent_loop(step: Step, params, state0: list, ff: jax.Array, w_rec: jax.Array,
                    b_rec: Optional[jax.Array], spike_idx: Sequence[int] = (), want_out: bool = True,
-                   impl: Optional[Callable] = None):
+                   impl: Optional[Callable] = None, want_cur: bool = True):
     """A neuron driven by ``I_t = ff_t + (w_rec @ r_{t-1} + b_rec)``, ``r`` = ``state[-1]``.
 
     One sample: ``ff`` (T, n) is the hoisted feed-forward current. Returns ``(final_state, outs, I,
     reads)``: ``outs`` the step outputs (None unless ``want_out``), ``I`` the (T, n) currents (the
     recurrent compound's Parallel output) and ``reads`` the one-step-shifted ``r`` sequence
     (``state0[-1]`` first), which is also what ``dW_rec`` is made of. All outputs are differentiable.
+    ``want_cur=False``: ``I`` is only the last step's current, shape (1, n) (what a non-final
+    recurrent compound keeps in its state), recomputed from ``reads[-1]``; the loop then neither
+    emits the (T, n) currents nor receives a (T, n) cotangent for them.
 
     The loop is **batched**: under ``jax.vmap`` (how snnax-style models are run over a batch) a
     custom batching rule runs one loop over the whole batch, ``r_{t-1} @ W^T`` as a (B, n) x (n, n)
     GEMM per step, and the backward pass forms ``dW_rec`` once, as one GEMM over time *and* batch
     (vmap of a custom VJP would form a (B, n, n) per-example ``dW_rec`` first). ``impl`` is the
-    batched, time-major implementation (:func:`recurrent_batched`, or the Pallas kernel's).
+    batched, batch-major implementation (:func:`recurrent_batched`, or the Pallas kernel's).
     """
     impl = recurrent_batched if impl is None else impl
     dyn, static = eqx.partition(params, eqx.is_array)
     spike_idx = tuple(spike_idx)
 
+    def last_current(w, b, reads, x):
+        return _current(w, b, reads[:, -1:], x[:, -1:])    # (B, 1, n): the recurrent product of one step
+
     def one(d, w, b, s0, x):
-        sT, outs, cur, reads = impl(step, d, static, w, b, [s[None] for s in s0], x[:, None], spike_idx, want_out)
-        return [s[0] for s in sT], (None if outs is None else outs[:, 0]), cur[:, 0], reads[:, 0]
+        sT, outs, cur, reads = impl(step, d, static, w, b, [s[None] for s in s0], x[None], spike_idx, want_out,
+                                    want_cur=want_cur)
+        if not want_cur:
+            cur = last_current(w, b, reads, x[None])
+        return [s[0] for s in sT], (None if outs is None else outs[0]), cur[0], reads[0]
 
     loop = custom_vmap(one)
 
@@ -199,10 +208,12 @@ def recurrent_loop(step: Step, params, state0: list, ff: jax.Array, w_rec: jax.A
             out = jax.vmap(one, in_axes=axes)(d, w, b, s0, x)
         else:
             s0 = [s if sb else jnp.broadcast_to(s, (axis_size,) + s.shape) for s, sb in zip(s0, s0_b)]
-            x = jnp.swapaxes(x if x_b else jnp.broadcast_to(x, (axis_size,) + x.shape), 0, 1)
-            sT, outs, cur, reads = impl(step, d, static, w, b, s0, x, spike_idx, want_out)
-            tb = lambda a: None if a is None else jnp.swapaxes(a, 0, 1)  # noqa: E731
-            out = (sT, tb(outs), tb(cur), tb(reads))
+            x = x if x_b else jnp.broadcast_to(x, (axis_size,) + x.shape)
+            # batch-major (B, T, n) in and out, as vmap lays the batch out: no transposes
+            sT, outs, cur, reads = impl(step, d, static, w, b, s0, x, spike_idx, want_out, want_cur=want_cur)
+            if not want_cur:
+                cur = last_current(w, b, reads, x)
+            out = (sT, outs, cur, reads)
         return out, jax.tree.map(lambda _: True, out)
 
     if not _vmap_is_innermost():
@@ -224,17 +235,44 @@ def _vmap_is_innermost() -> bool:
         return False
 
 
-def recurrent_batched(step: Step, dyn, static, w, b, state0: list, ff: jax.Array, spike_idx: Sequence[int] = (),
-                      want_out: bool = True):
-    """The batched, time-major recurrent loop (XLA): ``state0`` entries (B, n), ``ff`` (T, B, n).
+def _scan_axis1(body, init, xs, length: int, reverse: bool = False):
+    """``lax.scan`` over axis 1 of batch-major (B, T, ...) sequences: ``body(carry, t, xs[:, t])
+    -> (carry, ys_t)``; returns ``(carry, ys)`` with ``ys`` stacked on axis 1. Step t is read with a
+    dynamic slice and written in place into a carried buffer (what scan does on axis 0), so no
+    transposed copy of a sequence is made."""
+    def at(a, t):
+        return jax.lax.dynamic_index_in_dim(a, t, axis=1, keepdims=False)
 
-    Returns ``(final_state, outs, I, reads)`` with (T, B, n) sequences; custom VJP. The forward
+    x0 = jax.tree.map(lambda a: at(a, 0), xs)
+    y_aval = jax.eval_shape(lambda c, x: body(c, jnp.int32(0), x)[1], init, x0)
+    bufs = jax.tree.map(lambda v: jnp.zeros((v.shape[0], length) + tuple(v.shape[1:]), v.dtype), y_aval)
+
+    def step(carry, t):
+        c, bufs = carry
+        c, y = body(c, t, jax.tree.map(lambda a: at(a, t), xs))
+        bufs = jax.tree.map(lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v.astype(buf.dtype), t, axis=1),
+                            bufs, y)
+        return (c, bufs), None
+
+    (c, bufs), _ = jax.lax.scan(step, (init, bufs), jnp.arange(length), reverse=reverse)
+    return c, bufs
+
+
+def recurrent_batched(step: Step, dyn, static, w, b, state0: list, ff: jax.Array, spike_idx: Sequence[int] = (),
+                      want_out: bool = True, want_cur: bool = True):
+    """The batched recurrent loop (XLA), batch-major: ``state0`` entries (B, n), ``ff`` (B, T, n).
+
+    Returns ``(final_state, outs, I, reads)`` with (B, T, n) sequences (``outs`` None unless
+    ``want_out``, ``I`` None unless ``want_cur``; it is a residual either way); custom VJP. The forward
     stores the entering state without its last entry (spikes as bool; the last entry is ``reads``,
-    a primal output) and ``I``; the backward is a reverse scan of each step's VJP plus the
-    recurrent cotangent ``dI_t @ W``, then ``dW = sum_{t,b} dI_t r_{t-1}^T`` as one GEMM.
+    a primal output) and ``I``; the backward is a reverse loop of each step's VJP plus the
+    recurrent cotangent ``dI_t @ W``, then ``dW = sum_{b,t} dI_t r_{t-1}^T`` as one GEMM.
+    The loops read step t as ``[:, t]`` and write their sequences in place (:func:`_scan_axis1`),
+    so the batch-major sequences vmap hands over are never transposed.
     """
     spike_idx = tuple(spike_idx)
     elementwise = params_broadcast(dyn, ff.shape[2:])
+    T = ff.shape[1]
 
     def bstep(p_dyn, s, x, p_batched=False):
         """``step`` over the batch rows (vmap: no assumption that ``step`` is elementwise)."""
@@ -242,47 +280,51 @@ def recurrent_batched(step: Step, dyn, static, w, b, state0: list, ff: jax.Array
         return jax.vmap(f, in_axes=(0 if p_batched else None, 0, 0))(p_dyn, s, x)
 
     def run(d, w, b, s0, x, keep):
-        def body(s, fft):
+        # (I_t could overwrite ff_t in ff's buffer, saving one (B, T, n) array; measured on XLA CPU
+        # it makes the training step 2x slower: the carried buffer that is read and updated in the
+        # same iteration gets copied)
+        def body(s, t, fft):
             i_t = _current(w, b, s[-1], fft)
             ns, out = bstep(d, s, i_t)
             ns = [a.astype(o.dtype) for a, o in zip(ns, s)]
-            return ns, (out if want_out else None, i_t, s[-1], _compress(s[:-1], spike_idx) if keep else None)
+            return ns, (out if want_out else None, i_t if keep or want_cur else None, s[-1],
+                        _compress(s[:-1], spike_idx) if keep else None)
 
-        return jax.lax.scan(body, list(s0), x)
+        return _scan_axis1(body, list(s0), x, T)
 
     @jax.custom_vjp
     def loop(d, w, b, s0, x):
         sT, (outs, cur, reads, _) = run(d, w, b, s0, x, False)
-        return sT, outs, cur, reads
+        return sT, outs, cur if want_cur else None, reads
 
     def fwd(d, w, b, s0, x):
         sT, (outs, cur, reads, s_in) = run(d, w, b, s0, x, True)
-        return (sT, outs, cur, reads), (d, w, b, list(s0), s_in, cur, reads)
+        return (sT, outs, cur if want_cur else None, reads), (d, w, b, list(s0), s_in, cur, reads)
 
     def bwd(res, g):
         d, w, b, s0, s_in, cur, reads = res
         g_sT, g_outs, g_cur, g_reads = g
-        rows = cur.shape[1:]
+        rows = (cur.shape[0],) + cur.shape[2:]
         # per-(sample, neuron) parameter cotangents, reduced once after the loop
         d_rows = jax.tree.map(lambda a: jnp.broadcast_to(a, rows), d) if elementwise else d
 
-        def body(carry, inp):
+        def body(carry, t, inp):
             g_s, g_d = carry
-            t, s, i_t, rd, g_out, g_i_extra, g_rd = inp
+            s, i_t, rd, g_out, g_i_extra, g_rd = inp
             s = _restore(s, s0, t, spike_idx) + [rd]
             cot_out = g_out if want_out else jnp.zeros_like(i_t, dtype=g_s[-1].dtype)
             _, f = jax.vjp(lambda dd, ss, xx: bstep(dd, ss, xx, elementwise), d_rows, s, i_t)
             dd, ds, di = f((g_s, cot_out))
-            di = di + g_i_extra
+            if g_i_extra is not None:
+                di = di + g_i_extra
             ds = list(ds)
             ds[-1] = ds[-1] + (di @ w).astype(ds[-1].dtype) + g_rd   # r_{t-1} fed I_t through w, and was read
             return (ds, jax.tree.map(jnp.add, g_d, dd)), di
 
-        steps = jnp.arange(cur.shape[0])
         g_d0 = jax.tree.map(jnp.zeros_like, d_rows)
-        (g_s0, g_d), g_i = jax.lax.scan(body, (list(g_sT), g_d0),
-                                        (steps, s_in, cur, reads, g_outs, g_cur, g_reads), reverse=True)
-        g_w = jnp.einsum("tbn,tbm->nm", g_i, reads.astype(g_i.dtype)).astype(w.dtype)
+        (g_s0, g_d), g_i = _scan_axis1(body, (list(g_sT), g_d0), (s_in, cur, reads, g_outs, g_cur, g_reads), T,
+                                       reverse=True)
+        g_w = jnp.einsum("btn,btm->nm", g_i, reads.astype(g_i.dtype)).astype(w.dtype)
         g_b = None if b is None else jnp.sum(g_i, axis=(0, 1)).astype(b.dtype)
         if elementwise:
             g_d = jax.tree.map(lambda gg, a: _reduce_to(gg, a.shape).astype(a.dtype), g_d, d)

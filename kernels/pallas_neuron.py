@@ -18,6 +18,9 @@ Residuals (what the forward pass stores for the backward pass): the state enteri
 with spike entries (``spike_idx``, exactly 0/1) stored as ``int8``; the exact user ``state0`` is
 used at t = 0; plus ``xs`` itself. That is exactly what a step's VJP needs, so the backward pass
 is exact (the same float32 operations as the XLA loop; see docs/kernels.md for measured errors).
+``residual_dtype=jnp.bfloat16`` / ``jnp.float16`` stores the other floating state entries
+(membranes, synaptic currents) narrower: less residual memory, an approximate backward pass
+(docs/kernels.md, "Membrane residual precision": the default stays float32).
 
 Layout: the neuron axes are flattened to N and laid out as ``(R, L)`` rows x lanes, time-major
 ``(T, R, L)``; a tile is ``(rb, L)``. N is **padded** up to a whole number of tiles (and T, on
@@ -48,7 +51,7 @@ from jax.experimental import pallas as pl
 from .neuron_loop import Step, params_broadcast
 from .neuron_loop import neuron_loop as xla_neuron_loop
 
-__all__ = ["neuron_loop", "eligible", "tiling", "Tiling", "target_platform"]
+__all__ = ["neuron_loop", "eligible", "tiling", "Tiling", "target_platform", "residual_dtypes"]
 
 _FLOATS = (jnp.float32, jnp.bfloat16, jnp.float16)
 _DEFAULT_BLOCK_N = {"gpu": 512, "tpu": 1024, "any": 1024}
@@ -161,6 +164,43 @@ def eligible(shape: Sequence[int], dtype, platform: Optional[str] = None) -> Opt
     return None
 
 
+def _check_residual_dtype(residual_dtype):
+    """``residual_dtype`` as a numpy dtype (None stays None); TypeError / ValueError if it is not
+    one of the floating dtypes the kernels store."""
+    if residual_dtype is None:
+        return None
+    try:
+        dt = jnp.dtype(residual_dtype)
+    except TypeError as e:
+        raise TypeError(f"residual_dtype must be None or a floating dtype (jnp.float32, jnp.bfloat16, "
+                        f"jnp.float16), got {residual_dtype!r}") from e
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise TypeError(f"residual_dtype must be a floating dtype (jnp.float32, jnp.bfloat16, jnp.float16), "
+                        f"got {dt}: spike entries are already stored as int8, the other state entries "
+                        f"need a float")
+    if not any(dt == jnp.dtype(f) for f in _FLOATS):
+        raise ValueError(f"residual_dtype {dt} is not supported by the kernels; use jnp.float32, "
+                         f"jnp.bfloat16 or jnp.float16")
+    return dt
+
+
+def residual_dtypes(state_dtypes: Sequence, spike_idx: Sequence[int] = (), residual_dtype=None) -> list:
+    """The dtype each state entry is stored in as a per-step residual: ``int8`` for spike entries,
+    ``residual_dtype`` for floating entries whose dtype is wider than it, else the entry's own
+    dtype. (Per neuron and step the residuals take ``sum(itemsize)`` bytes, plus ``xs``.)"""
+    rdt = _check_residual_dtype(residual_dtype)
+    out = []
+    for k, dt in enumerate(state_dtypes):
+        dt = jnp.dtype(dt)
+        if k in spike_idx:
+            out.append(jnp.dtype(jnp.int8))
+        elif rdt is not None and jnp.issubdtype(dt, jnp.floating) and dt.itemsize > rdt.itemsize:
+            out.append(rdt)
+        else:
+            out.append(dt)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # layout helpers (plain JAX, outside the kernels; vmap-friendly)
 
@@ -235,7 +275,7 @@ def _specs(tl: Tiling, reverse: bool = False):
 def neuron_loop(step: Step, params, state0: list, xs: jax.Array, spike_idx: Sequence[int] = (),
                 want_out: bool = True, want_read: bool = False, out_is_last_state: bool = False, *,
                 interpret: bool = False, block_n: Optional[int] = None, block_t: Optional[int] = None,
-                platform: Optional[str] = None):
+                platform: Optional[str] = None, residual_dtype=None):
     """Run ``step`` over the leading (time) axis of ``xs`` as fused Pallas kernels.
 
     Same contract as :func:`snnkern.kernels.neuron_loop.neuron_loop`: returns ``(final_state,
@@ -247,9 +287,22 @@ def neuron_loop(step: Step, params, state0: list, xs: jax.Array, spike_idx: Sequ
     tile; ``block_t``: steps per time chunk (TPU/interpret); ``platform``: layout family to emit
     (default: see :func:`target_platform`). ``out_is_last_state`` is accepted for the call
     contract and does not change anything here (the kernels store the entering state anyway).
+
+    ``residual_dtype``: the dtype the per-step residuals of the non-spike floating state entries
+    (membranes, currents) are stored in. None (default): each entry's own dtype, an exact backward
+    pass. ``jnp.bfloat16`` / ``jnp.float16``: entries wider than that are stored narrower and cast
+    back when the backward kernel reads them (the exact ``state0`` is used at t = 0): half the
+    residual memory of a float32 membrane, at the cost of gradient error (the step's VJP, e.g. the
+    surrogate derivative at the threshold, is evaluated at the rounded membrane; measured in
+    docs/kernels.md, "Membrane residual precision"). Spike entries are ``int8`` either way; the
+    forward results do not depend on it. A non-float dtype raises TypeError, an unsupported float
+    ValueError (float16 also on the compiled TPU kernels).
+
     A loop the kernels cannot take (parameters that do not broadcast against the state, an
-    ineligible shape) runs the XLA loop instead, with identical results.
+    ineligible shape) runs the XLA loop instead, with identical results (and its own, exact,
+    residuals: ``residual_dtype`` does not apply there).
     """
+    r_dtype = _check_residual_dtype(residual_dtype)
     dyn, static = eqx.partition(params, eqx.is_array)
     spike_idx = tuple(sorted(set(int(k) for k in spike_idx)))
     state0 = list(state0)
@@ -268,6 +321,8 @@ def neuron_loop(step: Step, params, state0: list, xs: jax.Array, spike_idx: Sequ
         target = "tpu" if block_t is not None else "gpu"
     else:
         target = target_platform(platform)
+    if target == "tpu" and not interpret and r_dtype == jnp.dtype(jnp.float16):
+        raise ValueError("residual_dtype float16 is not supported by the TPU (Mosaic) kernels; use jnp.bfloat16")
     tl = tiling(xs.shape[0], math.prod(shape), target, block_n, block_t)
     leaves, treedef = jax.tree.flatten(dyn)
     n_s = len(state0)
@@ -283,7 +338,10 @@ def neuron_loop(step: Step, params, state0: list, xs: jax.Array, spike_idx: Sequ
         return _fallback(f"the step's output shape {tuple(out_aval.shape)} is not the neuron shape {shape}",
                          step, params, state0, xs, spike_idx, want_out, want_read, out_is_last_state)
     out_dtype = out_aval.dtype
-    res_dtypes = [jnp.int8 if k in spike_idx else s_dtypes[k] for k in range(n_s)]
+    res_dtypes = residual_dtypes(s_dtypes, spike_idx, r_dtype)
+    # entries whose residual is not the state itself (int8 spikes, narrowed floats): at t = 0 the
+    # backward kernel uses the exact state0 instead
+    inexact = tuple(k for k in range(n_s) if jnp.dtype(res_dtypes[k]) != jnp.dtype(s_dtypes[k]))
 
     def fwd_call(p_t, s0_t, x_t, keep: bool):
         return _forward_call(step, combine, tl, n_s, s_dtypes, out_dtype, res_dtypes, len(leaves), want_out,
@@ -324,7 +382,7 @@ def neuron_loop(step: Step, params, state0: list, xs: jax.Array, spike_idx: Sequ
         if want_read:
             ins.append(_time(g_reads.astype(s_dtypes[-1]), tl))
         ins += [_neurons(gs.astype(s_dtypes[k]), 0, tl) for k, gs in enumerate(g_sT)]
-        outs = _backward_call(step, combine, tl, n_s, s_dtypes, x_dtype, out_dtype, res_dtypes, spike_idx,
+        outs = _backward_call(step, combine, tl, n_s, s_dtypes, x_dtype, out_dtype, res_dtypes, inexact,
                               [a.dtype for a in p_t], want_out, want_read, interpret)(*ins)
         g_s0 = [_unneurons(o, 0, tl, shape) for o in outs[:n_s]]
         g_x = _untime(outs[n_s], tl, shape)
@@ -412,7 +470,7 @@ def _forward_call(step, combine, tl: Tiling, n_s, s_dtypes, out_dtype, res_dtype
         compiler_params=_compiler_params(tl, interpret), interpret=interpret, name="snnkern_neuron_fwd")
 
 
-def _backward_call(step, combine, tl: Tiling, n_s, s_dtypes, x_dtype, out_dtype, res_dtypes, spike_idx,
+def _backward_call(step, combine, tl: Tiling, n_s, s_dtypes, x_dtype, out_dtype, res_dtypes, inexact,
                    p_dtypes, want_out, want_read, interpret):
     neur, seq = _specs(tl, reverse=True)
     n_p = len(p_dtypes)
@@ -462,7 +520,7 @@ def _backward_call(step, combine, tl: Tiling, n_s, s_dtypes, x_dtype, out_dtype,
             s = []
             for k in range(n_s):
                 v = res_refs[k][j].astype(s_dtypes[k])
-                if k in spike_idx:     # int8 0/1 in the residual; the user's exact state at t = 0
+                if k in inexact:       # int8 0/1 or a narrowed float: the user's exact state at t = 0
                     v = jnp.where(t == 0, s0[k], v)
                 s.append(v)
             x = x_ref[j]

@@ -42,7 +42,7 @@ from jax.experimental import pallas as pl
 from .neuron_loop import _current, params_broadcast, recurrent_batched as xla_recurrent_batched
 from .pallas_neuron import _FLOATS, _next_pow2, _reduce_to, target_platform
 
-__all__ = ["recurrent_batched", "rec_tiling", "RecTiling", "eligible", "MAX_N", "RESIDENT_W_BYTES"]
+__all__ = ["recurrent_batched", "rec_tiling", "RecTiling", "eligible", "size_reason", "MAX_N", "RESIDENT_W_BYTES"]
 
 MAX_N = 1024
 RESIDENT_W_BYTES = {"gpu": 64 * 1024, "tpu": 8 * 1024 * 1024, "any": 64 * 1024}
@@ -119,6 +119,13 @@ def eligible(T: int, n: int, dtype, platform: Optional[str] = None) -> Optional[
         return f"no Pallas lowering for platform {plat!r}"
     if plat == "tpu" and dt == jnp.dtype(jnp.float16):
         return "float16 inputs are not supported by the TPU (Mosaic) kernels; use bfloat16"
+    return size_reason(n, plat)
+
+
+def size_reason(n: int, platform: Optional[str] = None) -> Optional[str]:
+    """None if a recurrent layer of ``n`` neurons fits the kernels' size limit, else why not
+    (the planner checks it up front: ``n`` is known from the recurrent Linear)."""
+    plat = (platform or jax.default_backend()).lower()
     n_pad = _round_up(n, 128) if plat == "tpu" else _next_pow2(n)
     if n_pad > MAX_N:
         return (f"the recurrent layer has {n} neurons (padded {n_pad}) > {MAX_N}: W_rec does not fit on chip "
@@ -173,12 +180,15 @@ def _pad_vec(a, tl: RecTiling, fill_first: bool):
 
 
 def recurrent_batched(step, dyn, static, w, b, state0: list, ff: jax.Array, spike_idx: Sequence[int] = (),
-                      want_out: bool = True, *, interpret: bool = False, block_b: Optional[int] = None,
+                      want_out: bool = True, want_cur: bool = True, *, interpret: bool = False, block_b: Optional[int] = None,
                       block_t: Optional[int] = None, platform: Optional[str] = None, precision=None):
-    """The recurrent loop as fused Pallas kernels: ``state0`` entries (B, n), ``ff`` (T, B, n),
+    """The recurrent loop as fused Pallas kernels: ``state0`` entries (B, n), ``ff`` (B, T, n)
+    (batch-major, the contract of :func:`~snnkern.kernels.neuron_loop.recurrent_batched`; the
+    kernels work time-major, so sequences are transposed on the way in and out),
     ``w`` (n, n) as ``eqx.nn.Linear.weight`` (out x in), ``b`` (n,) or None.
 
-    Returns ``(final_state, outs or None, I, reads)`` (sequences (T, B, n)); custom VJP w.r.t. the
+    Returns ``(final_state, outs or None, I or None, reads)`` (sequences (B, T, n); ``I`` only if
+    ``want_cur``, it is a residual either way); custom VJP w.r.t. the
     array leaves of ``dyn``, ``w``, ``b``, ``state0`` and ``ff``. ``interpret``: the Pallas
     interpreter (CPU tests); ``block_b``: samples per tile; ``block_t``: steps per time chunk
     (TPU, or interpret with the TPU layout); ``platform``: the layout family (see
@@ -189,7 +199,7 @@ def recurrent_batched(step, dyn, static, w, b, state0: list, ff: jax.Array, spik
     """
     spike_idx = tuple(sorted(set(int(k) for k in spike_idx)))
     state0 = list(state0)
-    T, B, n = (int(d) for d in ff.shape)
+    B, T, n = (int(d) for d in ff.shape)
     plat = "cpu" if interpret else {"gpu": "gpu", "tpu": "tpu"}.get(target_platform(platform), "cpu")
     why = eligible(T, n, ff.dtype, plat)
     if why is None and not params_broadcast(dyn, (n,)):
@@ -205,7 +215,7 @@ def recurrent_batched(step, dyn, static, w, b, state0: list, ff: jax.Array, spik
         return eqx.combine(jax.tree.unflatten(treedef, list(vals)), static)
 
     if why is None:
-        cur_aval = jax.eval_shape(lambda r, x: _current(w, b, r, x), state0[-1], ff[0])
+        cur_aval = jax.eval_shape(lambda r, x: _current(w, b, r, x), state0[-1], ff[:, 0])
         out_aval = jax.eval_shape(lambda d, s, x: step(combine(d), s, x), leaves,
                                   [jax.ShapeDtypeStruct((n,), s.dtype) for s in state0],
                                   jax.ShapeDtypeStruct((n,), cur_aval.dtype))[1]
@@ -214,7 +224,7 @@ def recurrent_batched(step, dyn, static, w, b, state0: list, ff: jax.Array, spik
     if why is not None:
         from .dispatch import fallback
         fallback("pallas recurrent loop", "xla", why)
-        return xla_recurrent_batched(step, dyn, static, w, b, state0, ff, spike_idx, want_out)
+        return xla_recurrent_batched(step, dyn, static, w, b, state0, ff, spike_idx, want_out, want_cur)
 
     if interpret and platform is None:
         target = "tpu" if block_t is not None else "gpu"
@@ -231,54 +241,61 @@ def recurrent_batched(step, dyn, static, w, b, state0: list, ff: jax.Array, spik
     cfg = dict(tl=tl, step=step, combine=combine, n_p=len(leaves), n_s=n_s, s_dtypes=s_dtypes, cur_dtype=cur_dtype,
                out_dtype=out_dtype, dot_dtype=dot_dtype, res_dtypes=res_dtypes, has_bias=has_bias,
                resident=resident, want_out=want_out, interpret=interpret, precision=precision)
+    fwd_cfg = dict(cfg, want_cur=want_cur)
 
     def tiles_in(d, w_, b_, s0, x):
         p_t = [_pad_vec(jnp.broadcast_to(a, (n,)), tl, True) for a in d]
         extra = [_pad_vec(b_, tl, False)] if has_bias else []
         wt = jnp.pad(w_.T.astype(dot_dtype), [(0, tl.n_pad - n)] * 2)
-        return p_t, [_pad_rows(s, tl) for s in s0], _pad_seq(x, tl), wt, extra
-
-    def untile(res, keep):
-        sT = [r[:B, :n] for r in res[:n_s]]
-        k = n_s
-        outs = None
-        if want_out:
-            outs, k = res[k][:T, :B, :n], k + 1
-        cur, reads = res[k][:T, :B, :n], res[k + 1][:T, :B, :n]
-        return sT, outs, cur, reads, list(res[k + 2:]) if keep else None
+        return p_t, [_pad_rows(s, tl) for s in s0], _pad_seq(jnp.swapaxes(x, 0, 1), tl), wt, extra
 
     def run(d, w_, b_, s0, x, keep):
+        """The forward kernel: final state, outs, I (if wanted or kept), reads, residuals - padded."""
         p_t, s0_t, x_t, wt, extra = tiles_in(d, w_, b_, s0, x)
-        res = _forward_call(keep=keep, **cfg)(*p_t, *s0_t, x_t, wt, *extra)
-        return (p_t, s0_t), untile(res, keep), res
+        res = list(_forward_call(keep=keep, **fwd_cfg)(*p_t, *s0_t, x_t, wt, *extra))
+        sT, res = res[:n_s], res[n_s:]
+        outs = res.pop(0) if want_out else None
+        cur = res.pop(0) if (keep or want_cur) else None
+        reads = res.pop(0)
+        return p_t, s0_t, sT, outs, cur, reads, res
+
+    def unpad(a):
+        """A padded time-major kernel sequence -> (B, T, n)."""
+        return None if a is None else jnp.swapaxes(a[:T, :B, :n], 0, 1)
+
+    def pad_in(g, dtype):
+        """A (B, T, n) cotangent -> padded time-major."""
+        return _pad_seq(jnp.swapaxes(g.astype(dtype), 0, 1), tl)
 
     @jax.custom_vjp
     def loop(d, w_, b_, s0, x):
-        _, (sT, outs, cur, reads, _), _ = run(d, w_, b_, s0, x, False)
-        return sT, outs, cur, reads
+        _, _, sT, outs, cur, reads, _ = run(d, w_, b_, s0, x, False)
+        return [a[:B, :n] for a in sT], unpad(outs), unpad(cur), unpad(reads)
 
     def loop_fwd(d, w_, b_, s0, x):
-        (p_t, s0_t), (sT, outs, cur, reads, res_t), res = run(d, w_, b_, s0, x, True)
-        k = n_s + (1 if want_out else 0)
-        cur_t, reads_t = res[k], res[k + 1]           # padded, as the backward kernel reads them
-        return (sT, outs, cur, reads), (d, w_, b_, p_t, s0_t, res_t, cur_t, reads_t, reads)
+        p_t, s0_t, sT, outs, cur_t, reads_t, res_t = run(d, w_, b_, s0, x, True)
+        primal = ([a[:B, :n] for a in sT], unpad(outs), unpad(cur_t) if want_cur else None, unpad(reads_t))
+        # residuals stay padded and time-major, as the backward kernel reads them
+        return primal, (d, w_, b_, p_t, s0_t, res_t, cur_t, reads_t)
 
     def loop_bwd(res, g):
-        d, w_, b_, p_t, s0_t, res_t, cur_t, reads_t, reads = res
+        d, w_, b_, p_t, s0_t, res_t, cur_t, reads_t = res
         g_sT, g_outs, g_cur, g_reads = g
         wp = jnp.pad(w_.astype(dot_dtype), [(0, tl.n_pad - n)] * 2)
         ins = [*p_t, *s0_t, *res_t, cur_t, reads_t, wp]
         if want_out:
-            ins.append(_pad_seq(g_outs.astype(out_dtype), tl))
-        ins += [_pad_seq(g_cur.astype(cur_dtype), tl), _pad_seq(g_reads.astype(s_dtypes[-1]), tl)]
+            ins.append(pad_in(g_outs, out_dtype))
+        if want_cur:
+            ins.append(pad_in(g_cur, cur_dtype))
+        ins.append(pad_in(g_reads, s_dtypes[-1]))
         ins += [_pad_rows(gs.astype(s_dtypes[k]), tl) for k, gs in enumerate(g_sT)]
-        outs = _backward_call(p_dtypes=[a.dtype for a in p_t], **cfg)(*ins)
+        outs = _backward_call(p_dtypes=[a.dtype for a in p_t], want_cur=want_cur, **cfg)(*ins)
         g_s0 = [o[:B, :n] for o in outs[:n_s]]
         g_i = outs[n_s][:T, :B, :n]
         g_p = [_reduce_to(o[:B, :n], a.shape).astype(a.dtype) for o, a in zip(outs[n_s + 1:], d)]
-        g_w = jnp.einsum("tbn,tbm->nm", g_i, reads.astype(g_i.dtype)).astype(w_.dtype)
+        g_w = jnp.einsum("tbn,tbm->nm", g_i, reads_t[:T, :B, :n].astype(g_i.dtype)).astype(w_.dtype)
         g_b = jnp.sum(g_i, axis=(0, 1)).astype(b_.dtype) if has_bias else None
-        return g_p, g_w, g_b, g_s0, g_i.astype(ff.dtype)
+        return g_p, g_w, g_b, g_s0, jnp.swapaxes(g_i, 0, 1).astype(ff.dtype)
 
     loop.defvjp(loop_fwd, loop_bwd)
     return loop(list(leaves), w, b, state0, ff)
@@ -289,10 +306,11 @@ def _dot(a, b, dot_dtype, precision):
 
 
 def _forward_call(*, tl: RecTiling, step, combine, n_p, n_s, s_dtypes, cur_dtype, out_dtype, dot_dtype, res_dtypes,
-                  has_bias, resident, want_out, interpret, precision, keep):
+                  has_bias, resident, want_out, want_cur, interpret, precision, keep):
     rows, seq, whole, vec = _specs(tl)
     chunked = tl.n_chunks > 1
     masked = tl.T_pad > tl.T
+    emit_cur = want_cur or keep          # I_t: an output, and the backward pass's residual
 
     def kernel(*refs):
         refs = list(refs)
@@ -302,7 +320,8 @@ def _forward_call(*, tl: RecTiling, step, combine, n_p, n_s, s_dtypes, cur_dtype
         b_ref = refs.pop(0) if has_bias else None
         sT_refs = [refs.pop(0) for _ in range(n_s)]
         out_ref = refs.pop(0) if want_out else None
-        cur_ref, read_ref = refs.pop(0), refs.pop(0)
+        cur_ref = refs.pop(0) if emit_cur else None
+        read_ref = refs.pop(0)
         res_refs = refs if keep else []
 
         shape = (tl.bB, tl.n_pad)
@@ -329,7 +348,8 @@ def _forward_call(*, tl: RecTiling, step, combine, n_p, n_s, s_dtypes, cur_dtype
             rec = _dot(r, wt_res if resident else wt_ref[...], dot_dtype, precision)
             x = x_ref[j]
             i_t = (x + ((rec + bias) if has_bias else rec)).astype(cur_dtype)
-            cur_ref[j] = i_t
+            if emit_cur:
+                cur_ref[j] = i_t
             ns, out = step(p, list(s), i_t)
             ns = [a.astype(dt) for a, dt in zip(ns, s_dtypes)]
             if masked:
@@ -349,8 +369,11 @@ def _forward_call(*, tl: RecTiling, step, combine, n_p, n_s, s_dtypes, cur_dtype
     if want_out:
         out_shape.append(jax.ShapeDtypeStruct((Tp, Bp, Np), out_dtype))
         out_specs.append(seq)
-    out_shape += [jax.ShapeDtypeStruct((Tp, Bp, Np), cur_dtype), jax.ShapeDtypeStruct((Tp, Bp, Np), s_dtypes[-1])]
-    out_specs += [seq, seq]
+    if emit_cur:
+        out_shape.append(jax.ShapeDtypeStruct((Tp, Bp, Np), cur_dtype))
+        out_specs.append(seq)
+    out_shape.append(jax.ShapeDtypeStruct((Tp, Bp, Np), s_dtypes[-1]))
+    out_specs.append(seq)
     if keep:
         out_shape += [jax.ShapeDtypeStruct((Tp, Bp, Np), dt) for dt in res_dtypes]
         out_specs += [seq] * (n_s - 1)
@@ -361,7 +384,7 @@ def _forward_call(*, tl: RecTiling, step, combine, n_p, n_s, s_dtypes, cur_dtype
 
 
 def _backward_call(*, tl: RecTiling, step, combine, n_p, n_s, s_dtypes, cur_dtype, out_dtype, dot_dtype, res_dtypes,
-                   has_bias, resident, want_out, interpret, precision, p_dtypes):
+                   has_bias, resident, want_out, want_cur, interpret, precision, p_dtypes):
     rows, seq, whole, vec = _specs(tl, reverse=True)
     chunked = tl.n_chunks > 1
     masked = tl.T_pad > tl.T
@@ -375,7 +398,8 @@ def _backward_call(*, tl: RecTiling, step, combine, n_p, n_s, s_dtypes, cur_dtyp
         res_refs = [refs.pop(0) for _ in range(n_s - 1)]
         cur_ref, read_ref, w_ref = refs.pop(0), refs.pop(0), refs.pop(0)
         g_out_ref = refs.pop(0) if want_out else None
-        g_cur_ref, g_read_ref = refs.pop(0), refs.pop(0)
+        g_cur_ref = refs.pop(0) if want_cur else None
+        g_read_ref = refs.pop(0)
         g_sT_refs = [refs.pop(0) for _ in range(n_s)]
         g_s0_refs = [refs.pop(0) for _ in range(n_s)]
         g_i_ref = refs.pop(0)
@@ -419,7 +443,9 @@ def _backward_call(*, tl: RecTiling, step, combine, n_p, n_s, s_dtypes, cur_dtyp
             g_out = g_out_ref[j] if want_out else jnp.zeros(shape, out_dtype)
             _, vjp = jax.vjp(f, p_vals, s, x)
             dd, ds, di = vjp(([a.astype(dt) for a, dt in zip(g_s, s_dtypes)], g_out))
-            di = di.astype(jnp.float32) + g_cur_ref[j].astype(jnp.float32)
+            di = di.astype(jnp.float32)
+            if want_cur:
+                di = di + g_cur_ref[j].astype(jnp.float32)
             ds = [a.astype(dt) for a, dt in zip(ds, s_dtypes)]
             rec = _dot(di, w_res if resident else w_ref[...], dot_dtype, precision)
             ds[-1] = ds[-1] + rec.astype(s_dtypes[-1]) + g_read_ref[j].astype(s_dtypes[-1])
@@ -441,7 +467,7 @@ def _backward_call(*, tl: RecTiling, step, combine, n_p, n_s, s_dtypes, cur_dtyp
     in_specs = [vec] * n_p + [rows] * n_s + [seq] * (n_s - 1) + [seq, seq, whole]
     if want_out:
         in_specs.append(seq)
-    in_specs += [seq, seq] + [rows] * n_s
+    in_specs += [seq] * (2 if want_cur else 1) + [rows] * n_s
     out_shape = ([jax.ShapeDtypeStruct((Bp, Np), dt) for dt in s_dtypes]
                  + [jax.ShapeDtypeStruct((Tp, Bp, Np), jnp.float32)]
                  + [jax.ShapeDtypeStruct((Bp, Np), dt) for dt in p_dtypes])

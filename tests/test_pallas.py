@@ -380,3 +380,66 @@ def test_compiled_on_gpu_matches_xla_loop(kind):
     np.testing.assert_allclose(float(jnp.mean(got[1])), float(jnp.mean(ref[1])), atol=1e-3)
     _, g_ref = loss_of(NL.neuron_loop, layer)(params, st, xs)
     assert_trees_close(g_got, g_ref, 1e-3, 1e-3, what=f"{kind} gradients on GPU")
+
+
+# ================================================================================================
+# residual_dtype: narrower membrane residuals (docs/kernels.md, "Membrane residual precision")
+
+# measured at these sizes (LIF, n=37, T=11, B=2): largest per-leaf relative gradient difference
+# bf16 vs the default (float32) residuals 1.2e-2; the bound leaves 4x room
+BF16_RESIDUAL_GRAD_RTOL = 5e-2
+
+
+@pytest.mark.parametrize("kw", [dict(block_n=32), dict(block_t=4)], ids=["gpu-layout", "tpu-chunks"])
+def test_bf16_residuals_forward_equal_gradients_close(kw):
+    layer, params, st, xs = setup("LIF")
+    (l_ref, ref), g_ref = loss_of(PN.neuron_loop, layer, interpret=True, **kw)(params, st, xs)
+    (l_got, got), g_got = loss_of(PN.neuron_loop, layer, interpret=True, residual_dtype=jnp.bfloat16,
+                                  **kw)(params, st, xs)
+    # the forward pass does not depend on what is stored for the backward pass
+    assert_trees_close(got, ref, OUT_ATOL, what="forward with bf16 residuals")
+    assert float(l_got) == float(l_ref)
+    la, lb = jax.tree.leaves(g_got), jax.tree.leaves(g_ref)
+    assert len(la) == len(lb)
+    for k, (u, v) in enumerate(zip(la, lb)):
+        assert u.dtype == v.dtype and u.shape == v.shape
+        scale = float(jnp.max(jnp.abs(v)))
+        assert float(jnp.max(jnp.abs(u - v))) <= BF16_RESIDUAL_GRAD_RTOL * scale, f"gradient leaf {k}"
+    # the option takes effect: the membrane/synaptic residuals are rounded, d xs moves
+    assert float(jnp.max(jnp.abs(g_got[2] - g_ref[2]))) > 0
+
+
+@pytest.mark.parametrize("kind", ["LIF", "SigmaDelta"])
+def test_bf16_residuals_use_exact_state0_at_t0(kind):
+    # one step: the only residual read is the exact state0, so the gradients are the default's
+    # bit for bit (a rounded state0 would move them)
+    layer, params, st, xs = setup(kind, T=1)
+    _, g_ref = loss_of(PN.neuron_loop, layer, interpret=True, block_n=32)(params, st, xs)
+    _, g_got = loss_of(PN.neuron_loop, layer, interpret=True, block_n=32, residual_dtype=jnp.bfloat16)(params, st, xs)
+    assert_trees_close(g_got, g_ref, 0.0, what=f"{kind} T=1 gradients with bf16 residuals")
+
+
+def test_bad_residual_dtype():
+    layer, params, st, xs = setup("LIF", T=3)
+    step, sidx = _neuron_step(layer), _spike_idx(layer)
+    with pytest.raises(TypeError, match="residual_dtype must be a floating dtype"):
+        PN.neuron_loop(step, params, st, xs[0], sidx, interpret=True, residual_dtype=jnp.int32)
+    with pytest.raises(TypeError, match="residual_dtype"):
+        PN.neuron_loop(step, params, st, xs[0], sidx, interpret=True, residual_dtype="not a dtype")
+    with pytest.raises(ValueError, match="not supported"):
+        PN.neuron_loop(step, params, st, xs[0], sidx, interpret=True, residual_dtype=jnp.float8_e4m3fn)
+    with pytest.raises(ValueError, match="TPU"):
+        lower("LIF", "tpu", grad=False, residual_dtype=jnp.float16)
+    # which entries are narrowed: floats wider than the residual dtype; spikes are int8 anyway
+    f32, bf16, f16 = jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)
+    assert PN.residual_dtypes([f32, f32, f32], (2,)) == [f32, f32, jnp.dtype(jnp.int8)]
+    assert PN.residual_dtypes([f32, f16, f32], (2,), jnp.bfloat16) == [bf16, f16, jnp.dtype(jnp.int8)]
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_lowering_with_bf16_residuals(platform):
+    # float32 inputs and state: the only bf16 arrays in the module are the narrowed residuals
+    assert "bf16" not in lower("LIF", platform, grad=True, x_dtype=jnp.float32)
+    text = lower("LIF", platform, grad=True, x_dtype=jnp.float32, residual_dtype=jnp.bfloat16)
+    assert text.count(CUSTOM_CALL[platform]) == 2, "one forward kernel and one backward kernel"
+    assert "bf16" in text

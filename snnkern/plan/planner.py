@@ -145,7 +145,7 @@ def make_plan(model) -> Plan:
             why = recurrent_pattern(layers[i], n_in, self_pos) if srcs.count(i) == 1 else "several self-edges"
             if why is None:
                 where = _name(i, layers[i])
-                choice = dispatch.choose_recurrent_backend(where)
+                choice = dispatch.choose_recurrent_backend(where, n=layers[i].layers[0].layers[-1].in_features)
                 comps.append(Component(ids, True, "recurrent-compound", (
                     Step(where + " feed-forward branches", "batched over T (one GEMM)"),
                     Step(where + " recurrence + neuron", f"{choice.path}-recurrent-loop (custom VJP)",

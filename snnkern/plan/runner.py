@@ -190,6 +190,7 @@ def _run_recurrent(layer, state, outside_seqs, key, want_out: bool, backend: str
     rec = par.layers[-1]
     sT, out, cur, reads = loops.recurrent_loop(_neuron_step(neuron), neuron.params(), list(state[1]),
                                                _float_input(ff), rec.weight, rec.bias, _spike_idx(neuron),
-                                               want_out=want_out, impl=dispatch.recurrent_impl(backend))
+                                               want_out=want_out, impl=dispatch.recurrent_impl(backend),
+                                               want_cur=want_out)   # else only the last current (the state)
     # the compound reads as its neuron: reads = the shifted neuron output, state[-1] entering each step
     return [[cur[-1]], sT], ([cur, out] if want_out else None), reads

@@ -259,6 +259,48 @@ def _compiler_params(tl: Tiling, interpret: bool):
     return None
 
 
+def _carry_start(chunked: bool, c, carry_refs, init_refs, zero_refs=()):
+    """Values of a loop carry at the start of this program's time chunk: ``(from_init, zeros)``.
+
+    Chunked (a sequential time axis on the grid): ``carry_refs`` are output blocks that stay
+    resident across the chunks (their index map ignores the chunk axis), so at chunk 0 they are
+    filled from ``init_refs`` (and ``zero_refs`` zeroed) and later chunks read what the previous
+    one left there. Not chunked: the values come straight from ``init_refs`` / zeros."""
+    if chunked:
+        @pl.when(c == 0)
+        def _():
+            for dst, src in zip(carry_refs, init_refs):
+                dst[...] = src[...]
+            for r in zero_refs:
+                r[...] = jnp.zeros(r.shape, r.dtype)
+
+        return [r[...] for r in carry_refs], [r[...] for r in zero_refs]
+    return [r[...] for r in init_refs], [jnp.zeros(r.shape, r.dtype) for r in zero_refs]
+
+
+def _keep_valid(valid, new, old):
+    """``new`` where the step is a real one, ``old`` on a padded (masked) step."""
+    return [jnp.where(valid, a, b) for a, b in zip(new, old)]
+
+
+def _step_and_emit(step, p, s, x, s_dtypes, valid, out_ref, j, out_dtype):
+    """One forward step inside a kernel: the new state in the carry dtypes (the old one kept on a
+    padded step, ``valid`` False; ``valid`` None: no padded steps) and ``out`` written to
+    ``out_ref[j]`` (when an output is wanted)."""
+    ns, out = step(p, list(s), x)
+    ns = [a.astype(dt) for a, dt in zip(ns, s_dtypes)]
+    if valid is not None:
+        ns = _keep_valid(valid, ns, s)
+    if out_ref is not None:
+        out_ref[j] = out.astype(out_dtype)
+    return ns
+
+
+def _store(refs, values):
+    for r, v in zip(refs, values):
+        r[...] = v
+
+
 def _specs(tl: Tiling, reverse: bool = False):
     """BlockSpecs of per-neuron (R, L) and per-step (T_pad, R, L) arrays on the (tiles, chunks) grid."""
     nc = tl.n_chunks
@@ -421,17 +463,7 @@ def _forward_call(step, combine, tl: Tiling, n_s, s_dtypes, out_dtype, res_dtype
 
         p = combine([r[...] for r in p_refs])
         c = pl.program_id(1) if chunked else 0
-        if chunked:
-            # the final-state block stays resident across the sequential time axis: it carries
-            # the state from one chunk to the next
-            @pl.when(c == 0)
-            def _():
-                for k in range(n_s):
-                    sT_refs[k][...] = s0_refs[k][...]
-
-            s = [r[...] for r in sT_refs]
-        else:
-            s = [r[...] for r in s0_refs]
+        s, _ = _carry_start(chunked, c, sT_refs, s0_refs)   # the final-state blocks carry the state
 
         def body(j, s):
             if keep:
@@ -439,18 +471,10 @@ def _forward_call(step, combine, tl: Tiling, n_s, s_dtypes, out_dtype, res_dtype
                     res_refs[k][j] = s[k].astype(res_dtypes[k])
             if want_read:
                 read_ref[j] = s[-1]
-            ns, out = step(p, list(s), x_ref[j])
-            ns = [a.astype(dt) for a, dt in zip(ns, s_dtypes)]
-            if masked:
-                valid = c * tl.tc + j < tl.T
-                ns = [jnp.where(valid, a, b) for a, b in zip(ns, s)]
-            if want_out:
-                out_ref[j] = out.astype(out_dtype)
-            return ns
+            return _step_and_emit(step, p, s, x_ref[j], s_dtypes, (c * tl.tc + j < tl.T) if masked else None,
+                                  out_ref, j, out_dtype)
 
-        s = jax.lax.fori_loop(0, tl.tc, body, s)
-        for k in range(n_s):
-            sT_refs[k][...] = s[k]
+        _store(sT_refs, jax.lax.fori_loop(0, tl.tc, body, s))
 
     R, L, Tp = tl.R, tl.L, tl.T_pad
     out_shape = [jax.ShapeDtypeStruct((R, L), dt) for dt in s_dtypes]
@@ -495,20 +519,8 @@ def _backward_call(step, combine, tl: Tiling, n_s, s_dtypes, x_dtype, out_dtype,
         s0 = [r[...] for r in s0_refs]
         c = pl.program_id(1) if chunked else 0
         chunk = nc - 1 - c          # the chunk this grid step works on (reverse time)
-        if chunked:
-            # g_state0 / g_params blocks are resident across the time axis: the carry
-            @pl.when(c == 0)
-            def _():
-                for k in range(n_s):
-                    g_s0_refs[k][...] = g_sT_refs[k][...]
-                for r in g_p_refs:
-                    r[...] = jnp.zeros(r.shape, r.dtype)
-
-            g_s = [r[...] for r in g_s0_refs]
-            g_p = [r[...] for r in g_p_refs]
-        else:
-            g_s = [r[...] for r in g_sT_refs]
-            g_p = [jnp.zeros(v.shape, v.dtype) for v in p_vals]
+        # the g_state0 / g_params blocks carry the cotangents across the chunks
+        g_s, g_p = _carry_start(chunked, c, g_s0_refs, g_sT_refs, g_p_refs)
 
         def f(d, s, x):
             return step(combine(d), s, x)
@@ -533,17 +545,15 @@ def _backward_call(step, combine, tl: Tiling, n_s, s_dtypes, x_dtype, out_dtype,
             dx = dx.astype(jnp.float32)
             if masked:
                 valid = t < tl.T
-                ds = [jnp.where(valid, a, b) for a, b in zip(ds, g_s)]
-                dd = [jnp.where(valid, a, jnp.zeros_like(a)) for a in dd]
+                ds = _keep_valid(valid, ds, g_s)
+                dd = _keep_valid(valid, dd, [jnp.zeros_like(a) for a in dd])
                 dx = jnp.where(valid, dx, jnp.zeros_like(dx))
             g_x_ref[j] = dx.astype(x_dtype)
             return ds, [a + b.astype(a.dtype) for a, b in zip(g_p, dd)]
 
         g_s, g_p = jax.lax.fori_loop(0, tl.tc, body, (g_s, g_p))
-        for k in range(n_s):
-            g_s0_refs[k][...] = g_s[k]
-        for r, v in zip(g_p_refs, g_p):
-            r[...] = v
+        _store(g_s0_refs, g_s)
+        _store(g_p_refs, g_p)
 
     R, L, Tp = tl.R, tl.L, tl.T_pad
     in_specs = [neur] * (n_p + n_s) + [seq] * n_s + [seq]

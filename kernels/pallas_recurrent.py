@@ -40,7 +40,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from .neuron_loop import _current, params_broadcast, recurrent_batched as xla_recurrent_batched
-from .pallas_neuron import _FLOATS, _next_pow2, _reduce_to, target_platform
+from .pallas_neuron import (_FLOATS, _carry_start, _keep_valid, _next_pow2, _reduce_to, _step_and_emit, _store,
+                            target_platform)
 
 __all__ = ["recurrent_batched", "rec_tiling", "RecTiling", "eligible", "size_reason", "MAX_N", "RESIDENT_W_BYTES"]
 
@@ -329,15 +330,7 @@ def _forward_call(*, tl: RecTiling, step, combine, n_p, n_s, s_dtypes, cur_dtype
         bias = jnp.broadcast_to(b_ref[...], shape) if has_bias else None
         wt_res = wt_ref[...] if resident else None
         c = pl.program_id(1) if chunked else 0
-        if chunked:
-            @pl.when(c == 0)
-            def _():
-                for k in range(n_s):
-                    sT_refs[k][...] = s0_refs[k][...]
-
-            s = [r[...] for r in sT_refs]
-        else:
-            s = [r[...] for r in s0_refs]
+        s, _ = _carry_start(chunked, c, sT_refs, s0_refs)   # the final-state blocks carry the state
 
         def body(j, s):
             r = s[-1]
@@ -350,18 +343,10 @@ def _forward_call(*, tl: RecTiling, step, combine, n_p, n_s, s_dtypes, cur_dtype
             i_t = (x + ((rec + bias) if has_bias else rec)).astype(cur_dtype)
             if emit_cur:
                 cur_ref[j] = i_t
-            ns, out = step(p, list(s), i_t)
-            ns = [a.astype(dt) for a, dt in zip(ns, s_dtypes)]
-            if masked:
-                valid = c * tl.tc + j < tl.T
-                ns = [jnp.where(valid, a, b_) for a, b_ in zip(ns, s)]
-            if want_out:
-                out_ref[j] = out.astype(out_dtype)
-            return ns
+            return _step_and_emit(step, p, s, i_t, s_dtypes, (c * tl.tc + j < tl.T) if masked else None,
+                                  out_ref, j, out_dtype)
 
-        s = jax.lax.fori_loop(0, tl.tc, body, s)
-        for k in range(n_s):
-            sT_refs[k][...] = s[k]
+        _store(sT_refs, jax.lax.fori_loop(0, tl.tc, body, s))
 
     Bp, Np, Tp = tl.B_pad, tl.n_pad, tl.T_pad
     out_shape = [jax.ShapeDtypeStruct((Bp, Np), dt) for dt in s_dtypes]
@@ -410,20 +395,8 @@ def _backward_call(*, tl: RecTiling, step, combine, n_p, n_s, s_dtypes, cur_dtyp
         s0 = [r[...] for r in s0_refs]
         w_res = w_ref[...] if resident else None
         c = pl.program_id(1) if chunked else 0
-        chunk = nc - 1 - c
-        if chunked:
-            @pl.when(c == 0)
-            def _():
-                for k in range(n_s):
-                    g_s0_refs[k][...] = g_sT_refs[k][...]
-                for r in g_p_refs:
-                    r[...] = jnp.zeros(r.shape, r.dtype)
-
-            g_s = [r[...] for r in g_s0_refs]
-            g_p = [r[...] for r in g_p_refs]
-        else:
-            g_s = [r[...] for r in g_sT_refs]
-            g_p = [jnp.zeros(shape, dt) for dt in p_dtypes]
+        chunk = nc - 1 - c          # reverse time
+        g_s, g_p = _carry_start(chunked, c, g_s0_refs, g_sT_refs, g_p_refs)
 
         def f(d, s, x):
             return step(combine(d), s, x)
@@ -451,17 +424,15 @@ def _backward_call(*, tl: RecTiling, step, combine, n_p, n_s, s_dtypes, cur_dtyp
             ds[-1] = ds[-1] + rec.astype(s_dtypes[-1]) + g_read_ref[j].astype(s_dtypes[-1])
             if masked:
                 valid = t < tl.T
-                ds = [jnp.where(valid, a, b_) for a, b_ in zip(ds, g_s)]
-                dd = [jnp.where(valid, a, jnp.zeros_like(a)) for a in dd]
+                ds = _keep_valid(valid, ds, g_s)
+                dd = _keep_valid(valid, dd, [jnp.zeros_like(a) for a in dd])
                 di = jnp.where(valid, di, jnp.zeros_like(di))
             g_i_ref[j] = di
             return ds, [a + b_.astype(a.dtype) for a, b_ in zip(g_p, dd)]
 
         g_s, g_p = jax.lax.fori_loop(0, tl.tc, body, (g_s, g_p))
-        for k in range(n_s):
-            g_s0_refs[k][...] = g_s[k]
-        for r, v in zip(g_p_refs, g_p):
-            r[...] = v
+        _store(g_s0_refs, g_s)
+        _store(g_p_refs, g_p)
 
     Bp, Np, Tp = tl.B_pad, tl.n_pad, tl.T_pad
     in_specs = [vec] * n_p + [rows] * n_s + [seq] * (n_s - 1) + [seq, seq, whole]

@@ -20,6 +20,8 @@ Three kinds of checks:
 """
 from __future__ import annotations
 
+import pathlib
+import sys
 import warnings
 
 import equinox as eqx
@@ -30,40 +32,23 @@ import pytest
 
 import snnkern
 from snnkern import snn
-from snnkern.functional.surrogate import piecewise_surrogate, sigmoid_surrogate, superspike_surrogate
 from snnkern.kernels import dispatch
 from snnkern.kernels import neuron_loop as NL
 from snnkern.kernels import pallas_neuron as PN
 from snnkern.plan.runner import _neuron_step, _spike_idx
 
+_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:      # `pytest` (not `python -m pytest`) does not put the root on the path
+    sys.path.insert(0, _ROOT)
+from bench import residual_precision as _residual_precision  # noqa: E402
+
 OUT_ATOL = 1e-6
 GRAD_ATOL, GRAD_RTOL = 1e-5, 1e-5
 
 
-def make_neuron(kind: str, n: int):
-    """Each neuron type with trainable array thresholds / reset values where it has them, so that
-    every parameter path of the step (and of its VJP) is exercised."""
-    thr = jnp.linspace(0.4, 0.9, n)                       # per-neuron (vector) threshold
-    if kind == "LIF":
-        return snn.LIF([0.9, 0.8], threshold=thr, spike_fn=superspike_surrogate(10.0))
-    if kind == "LIFSoftReset":
-        return snn.LIFSoftReset([0.85, 0.7], threshold=jnp.array(0.6), reset_val=jnp.array(0.5),
-                                stop_reset_grad=False, spike_fn=sigmoid_surrogate(4.0))
-    if kind == "SimpleLIF":
-        return snn.SimpleLIF([0.8], threshold=0.5, reset_val=jnp.array(0.2), spike_fn=piecewise_surrogate(0.5))
-    if kind == "AdaptiveLIF":
-        return snn.AdaptiveLIF([0.9], threshold=thr, stop_reset_grad=False)
-    if kind == "SimpleIAF":
-        return snn.SimpleIAF(leak=0.05, threshold=jnp.array(0.8))
-    if kind == "IAF":
-        return snn.IAF([0.7], leak=jnp.full((n,), 0.02), threshold=0.6, reset_val=jnp.array(0.1))
-    if kind == "SimpleLI":
-        return snn.SimpleLI([0.8])
-    if kind == "SigmaDelta":
-        return snn.SigmaDelta([0.6, 0.7, 0.5], threshold=jnp.array(0.4))
-    if kind == "SpikeCounter":
-        return snn.SpikeCounter()
-    raise ValueError(kind)
+# every neuron type with trainable array thresholds / reset values where it has them, so that every
+# parameter path of the step (and of its VJP) is exercised; shared with bench/residual_precision.py
+make_neuron = _residual_precision.make_neuron
 
 
 NEURONS = ("LIF", "LIFSoftReset", "SimpleLIF", "AdaptiveLIF", "SimpleIAF", "IAF", "SimpleLI", "SigmaDelta",

@@ -400,10 +400,10 @@ def test_model_recurrent_pallas_interpret_matches_reference(keys, monkeypatch):
 # lowering for cuda and tpu without the hardware
 
 
-def lower(kind, platform, n=100, T=40, B=8, ff_dtype=jnp.bfloat16, want_out=True, want_cur=True, **kw):
+def lower(kind, platform, n=100, T=40, B=8, ff_dtype=jnp.bfloat16, want_out=True, want_cur=True, bias=True, **kw):
     layer = make_neuron(kind, n)
     p, st = layer.params(), layer.init_state((n,), None)   # concrete arrays: made outside the mesh
-    w, b = jnp.zeros((n, n)), jnp.zeros((n,))
+    w, b = jnp.zeros((n, n)), (jnp.zeros((n,)) if bias else None)
     one = loop_one(layer, functools.partial(PR.recurrent_batched, **kw), want_out, want_cur)
 
     def f(p, st, ff, w, b):
@@ -419,9 +419,10 @@ def lower(kind, platform, n=100, T=40, B=8, ff_dtype=jnp.bfloat16, want_out=True
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
-@pytest.mark.parametrize("kind", ["LIF", "AdaptiveLIF", "SimpleLI"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_lowering_forward_and_backward(kind, platform):
-    text = lower(kind, platform)
+    # W^T resident (n = 100 -> 128), bf16 currents; every other neuron without the bias
+    text = lower(kind, platform, bias=KINDS.index(kind) % 2 == 0)
     assert text.count(CUSTOM_CALL[platform]) == 2, "one forward kernel and one backward kernel"
     assert "snnkern_recurrent_fwd" in text and "snnkern_recurrent_bwd" in text
 

@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 import jax
 
 __all__ = ["BACKENDS", "backend", "strict", "current_backend", "is_strict", "FallbackError", "Choice",
-           "choose_neuron_backend", "choose_recurrent_backend", "neuron_loop_fn", "recurrent_impl", "log"]
+           "choose_neuron_backend", "choose_recurrent_backend", "neuron_loop_fn", "recurrent_impl", "tracing_platform", "log"]
 
 BACKENDS = ("auto", "reference", "xla", "pallas", "pallas-interpret")
 log = logging.getLogger("snnkern")
@@ -141,6 +141,15 @@ def _compiled_pallas_unavailable() -> Optional[str]:
     return None
 
 
+def tracing_platform() -> str:
+    """The platform being traced for: an active abstract mesh's device, else the default backend."""
+    try:
+        dev = jax.sharding.get_abstract_mesh().abstract_device
+    except Exception:  # noqa: BLE001 - JAX without abstract devices
+        dev = None
+    return dev.platform if dev is not None else jax.default_backend()
+
+
 def choose_neuron_backend(where: str, platform: Optional[str] = None) -> Choice:
     """Backend for a recognised neuron loop / recurrent chain: ``xla`` or a Pallas variant.
 
@@ -148,12 +157,14 @@ def choose_neuron_backend(where: str, platform: Optional[str] = None) -> Choice:
     runs interpreted: slow, for tests). Shapes are checked when the loop is traced (the kernels
     pad N, B and T to their tiles; what they cannot take runs the XLA loop with a logged reason).
     ``SNNKERN_AUTO_PALLAS=0`` keeps ``auto`` on XLA everywhere (a logged choice, not a fallback).
-    ``platform``: decide as if on that platform (tests); default ``jax.default_backend()``."""
+    ``platform``: decide as if on that platform (tests); default: the abstract device of an active
+    ``jax.sharding.use_abstract_mesh`` (lowering for an accelerator from a CPU host), else
+    ``jax.default_backend()``."""
     requested = current_backend()
     if requested == "xla":
         return Choice("xla")
     if requested == "auto":
-        platform = (platform or jax.default_backend()).lower()
+        platform = (platform or tracing_platform()).lower()
         if platform == "cpu":
             return Choice("xla")
         if os.environ.get("SNNKERN_AUTO_PALLAS", "1").strip().lower() in ("0", "false", "no", "off"):
@@ -180,7 +191,7 @@ def choose_recurrent_backend(where: str, platform: Optional[str] = None, n: Opti
     choice = choose_neuron_backend(where, platform)
     if n is not None and choice.path in ("pallas", "pallas-interpret"):
         from . import pallas_recurrent
-        plat = "cpu" if choice.path == "pallas-interpret" else (platform or jax.default_backend())
+        plat = "cpu" if choice.path == "pallas-interpret" else (platform or tracing_platform())
         why = pallas_recurrent.size_reason(int(n), plat)
         if why is not None:
             return fallback(where, "xla", why)

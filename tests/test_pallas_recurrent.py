@@ -452,3 +452,35 @@ def test_compiled_recurrent_on_gpu_matches_xla(n):
     np.testing.assert_allclose(float(jnp.mean(aux[1])), float(jnp.mean(aux_ref[1])), atol=2e-3)
     np.testing.assert_allclose(np.asarray(aux[2]), np.asarray(aux_ref[2]), atol=1e-2)
     grads_close(g, g_ref, "recurrent gradients on GPU")
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_auto_backend_lowers_a_model_to_the_kernels(platform, keys, monkeypatch):
+    """The issue's dispatch rule end to end, without the hardware: with ``auto`` (the default) a
+    recurrent model and a feed-forward neuron, traced for an abstract GPU / TPU device, lower to
+    the Pallas kernels (recurrent forward + backward, neuron loop forward + backward), and the plan
+    says so without a fallback."""
+    monkeypatch.delenv("SNNKERN_BACKEND", raising=False)
+    monkeypatch.delenv("SNNKERN_AUTO_PALLAS", raising=False)
+    model = rec_model(keys)
+    st = model.init_state((5,), keys[3])
+    params, static = eqx.partition(model, eqx.is_array)
+    k = keys[5]
+
+    def loss(params, xb):
+        f, o = jax.vmap(eqx.combine(params, static), in_axes=(None, 0, None))(st, xb, k)
+        return jnp.sum(o[0])
+
+    xb = jax.ShapeDtypeStruct((4, 20, 5), jnp.float32)
+    with jax.sharding.use_abstract_mesh(_abstract_mesh(platform)), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        plan = snnkern.explain(model)
+        text = jax.jit(jax.value_and_grad(loss)).trace(params, xb).lower(lowering_platforms=(platform,)).as_text()
+    assert plan.platform in ("gpu", "tpu") and not plan.fallbacks, str(plan)
+    paths = [s.path for c in plan.components for s in c.steps if "loop" in s.path]
+    assert paths and all(p.startswith("pallas-") for p in paths), str(plan)
+    assert text.count(CUSTOM_CALL[platform]) == 4
+    assert "snnkern_recurrent_fwd" in text and "snnkern_recurrent_bwd" in text
+    assert "snnkern_neuron_fwd" in text and "snnkern_neuron_bwd" in text
+    # and on this CPU host, outside the abstract mesh, auto stays on XLA
+    assert all(s.path.startswith(("xla", "batched")) for c in snnkern.explain(model).components for s in c.steps)

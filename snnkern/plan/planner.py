@@ -46,6 +46,7 @@ class Plan:
     reason: Optional[str] = None             # why the reference path runs
     backend: str = "auto"
     notes: Tuple[str, ...] = field(default=())
+    platform: str = ""                       # what it was planned for (an abstract device's, or the default)
 
     @property
     def fallbacks(self) -> List[str]:
@@ -56,7 +57,7 @@ class Plan:
 
     def __str__(self) -> str:
         lines = [f"snnkern plan: {self.path} path (backend requested: {self.backend}, "
-                 f"platform: {jax.default_backend()})"]
+                 f"platform: {self.platform or jax.default_backend()})"]
         if self.reason:
             lines.append(f"  reason: {self.reason}")
         for n, c in enumerate(self.components):
@@ -119,10 +120,11 @@ def make_plan(model) -> Plan:
     """The plan for ``model`` under the current backend settings (read now, at trace time)."""
     requested = dispatch.current_backend()
     if requested == "reference":
-        return Plan("reference", reason=None, backend=requested)
+        return Plan("reference", reason=None, backend=requested, platform=dispatch.tracing_platform())
     custom = model.custom_loop_reason()
     if custom is not None:
-        return Plan("reference", reason=dispatch.fallback("model", "reference", custom).reason, backend=requested)
+        return Plan("reference", reason=dispatch.fallback("model", "reference", custom).reason, backend=requested,
+                    platform=dispatch.tracing_platform())
 
     struct, layers = model.graph_structure, model.layers
     comps = []
@@ -154,7 +156,7 @@ def make_plan(model) -> Plan:
         names = ", ".join(_name(i, layers[i]) for i in ids)
         reason = dispatch.fallback(names, "scan", why).reason
         comps.append(Component(ids, True, "cycle", (Step(names, "scan of the component (autodiff)", reason),)))
-    return Plan("planned", tuple(comps), backend=requested)
+    return Plan("planned", tuple(comps), backend=requested, platform=dispatch.tracing_platform())
 
 
 def explain(model, in_shape=None) -> Plan:

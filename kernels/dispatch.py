@@ -168,6 +168,7 @@ def choose_neuron_backend(where: str, platform: Optional[str] = None) -> Choice:
         if platform == "cpu":
             return Choice("xla")
         if os.environ.get("SNNKERN_AUTO_PALLAS", "1").strip().lower() in ("0", "false", "no", "off"):
+            log.info("snnkern: %s: auto on %s -> xla (SNNKERN_AUTO_PALLAS=0)", where, platform)
             return Choice("xla")
         why = pallas_available()
         if why is None and platform not in ("gpu", "cuda", "rocm", "tpu"):

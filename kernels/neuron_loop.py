@@ -66,12 +66,26 @@ def _restore(state: list, state0: list, t, spike_idx: Sequence[int]) -> list:
 
 
 class _Grads:
-    """Per-step VJP of ``step`` whose parameter cotangents are per neuron when possible."""
+    """Per-step VJP of ``step`` whose parameter cotangents are per neuron when possible.
 
-    def __init__(self, step: Step, static, dyn, x_shape):
-        self.step, self.static = step, static
+    ``batched``: the state and input carry a leading batch axis that ``step`` does not know about
+    (the batched recurrent loop): ``step`` runs under ``vmap`` over it, and the per-neuron
+    parameter cotangents are per (sample, neuron), reduced once in :meth:`finish` like the rest."""
+
+    def __init__(self, step: Step, static, dyn, x_shape, batched: bool = False):
+        self.step, self.static, self.batched = step, static, batched
         self.elementwise = params_broadcast(dyn, x_shape)
         self.shape = tuple(x_shape)
+
+    def apply(self, dyn, s, x, per_row_params: bool = False):
+        """``step`` at the array leaves ``dyn`` (batched: over the rows, the parameters shared, or
+        one per row when ``per_row_params``)."""
+        def f(d, ss, xx):
+            return self.step(eqx.combine(d, self.static), ss, xx)
+
+        if not self.batched:
+            return f(dyn, s, x)
+        return jax.vmap(f, in_axes=(0 if per_row_params else None, 0, 0))(dyn, s, x)
 
     def zeros(self, dyn):
         if self.elementwise:
@@ -81,7 +95,7 @@ class _Grads:
     def vjp(self, dyn, s, x, cot):
         if self.elementwise:
             dyn = jax.tree.map(lambda a: jnp.broadcast_to(a, self.shape), dyn)
-        _, f = jax.vjp(lambda d, ss, xx: self.step(eqx.combine(d, self.static), ss, xx), dyn, s, x)
+        _, f = jax.vjp(lambda d, ss, xx: self.apply(d, ss, xx, self.elementwise), dyn, s, x)
         return f(cot)
 
     def finish(self, g, dyn):
@@ -271,13 +285,10 @@ def recurrent_batched(step: Step, dyn, static, w, b, state0: list, ff: jax.Array
     so the batch-major sequences vmap hands over are never transposed.
     """
     spike_idx = tuple(spike_idx)
-    elementwise = params_broadcast(dyn, ff.shape[2:])
     T = ff.shape[1]
-
-    def bstep(p_dyn, s, x, p_batched=False):
-        """``step`` over the batch rows (vmap: no assumption that ``step`` is elementwise)."""
-        f = lambda d, ss, xx: step(eqx.combine(d, static), ss, xx)  # noqa: E731
-        return jax.vmap(f, in_axes=(0 if p_batched else None, 0, 0))(p_dyn, s, x)
+    # ``step`` over the batch rows (vmap: no assumption that it is elementwise); per-(sample,
+    # neuron) parameter cotangents, reduced once after the loop
+    grads = _Grads(step, static, dyn, (ff.shape[0],) + ff.shape[2:], batched=True)
 
     def run(d, w, b, s0, x, keep):
         # (I_t could overwrite ff_t in ff's buffer, saving one (B, T, n) array; measured on XLA CPU
@@ -285,7 +296,7 @@ def recurrent_batched(step: Step, dyn, static, w, b, state0: list, ff: jax.Array
         # same iteration gets copied)
         def body(s, t, fft):
             i_t = _current(w, b, s[-1], fft)
-            ns, out = bstep(d, s, i_t)
+            ns, out = grads.apply(d, s, i_t)
             ns = [a.astype(o.dtype) for a, o in zip(ns, s)]
             return ns, (out if want_out else None, i_t if keep or want_cur else None, s[-1],
                         _compress(s[:-1], spike_idx) if keep else None)
@@ -304,31 +315,24 @@ def recurrent_batched(step: Step, dyn, static, w, b, state0: list, ff: jax.Array
     def bwd(res, g):
         d, w, b, s0, s_in, cur, reads = res
         g_sT, g_outs, g_cur, g_reads = g
-        rows = (cur.shape[0],) + cur.shape[2:]
-        # per-(sample, neuron) parameter cotangents, reduced once after the loop
-        d_rows = jax.tree.map(lambda a: jnp.broadcast_to(a, rows), d) if elementwise else d
 
         def body(carry, t, inp):
             g_s, g_d = carry
             s, i_t, rd, g_out, g_i_extra, g_rd = inp
             s = _restore(s, s0, t, spike_idx) + [rd]
             cot_out = g_out if want_out else jnp.zeros_like(i_t, dtype=g_s[-1].dtype)
-            _, f = jax.vjp(lambda dd, ss, xx: bstep(dd, ss, xx, elementwise), d_rows, s, i_t)
-            dd, ds, di = f((g_s, cot_out))
+            dd, ds, di = grads.vjp(d, s, i_t, (g_s, cot_out))
             if g_i_extra is not None:
                 di = di + g_i_extra
             ds = list(ds)
             ds[-1] = ds[-1] + (di @ w).astype(ds[-1].dtype) + g_rd   # r_{t-1} fed I_t through w, and was read
             return (ds, jax.tree.map(jnp.add, g_d, dd)), di
 
-        g_d0 = jax.tree.map(jnp.zeros_like, d_rows)
-        (g_s0, g_d), g_i = _scan_axis1(body, (list(g_sT), g_d0), (s_in, cur, reads, g_outs, g_cur, g_reads), T,
-                                       reverse=True)
+        (g_s0, g_d), g_i = _scan_axis1(body, (list(g_sT), grads.zeros(d)),
+                                       (s_in, cur, reads, g_outs, g_cur, g_reads), T, reverse=True)
         g_w = jnp.einsum("btn,btm->nm", g_i, reads.astype(g_i.dtype)).astype(w.dtype)
         g_b = None if b is None else jnp.sum(g_i, axis=(0, 1)).astype(b.dtype)
-        if elementwise:
-            g_d = jax.tree.map(lambda gg, a: _reduce_to(gg, a.shape).astype(a.dtype), g_d, d)
-        return g_d, g_w, g_b, g_s0, g_i.astype(ff.dtype)
+        return grads.finish(g_d, d), g_w, g_b, g_s0, g_i.astype(ff.dtype)
 
     loop.defvjp(fwd, bwd)
     return loop(dyn, w, b, list(state0), ff)

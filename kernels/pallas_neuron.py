@@ -68,11 +68,8 @@ def target_platform(platform: Optional[str] = None) -> str:
     the abstract device of an active ``jax.sharding.use_abstract_mesh`` (how a CPU host lowers for
     an accelerator it does not have), then the default backend (``cpu`` -> ``any``)."""
     if platform is None:
-        try:
-            dev = jax.sharding.get_abstract_mesh().abstract_device
-        except Exception:  # noqa: BLE001 - older/newer JAX without abstract devices
-            dev = None
-        platform = dev.platform if dev is not None else jax.default_backend()
+        from .dispatch import tracing_platform
+        platform = tracing_platform()
     platform = platform.lower()
     if platform in _GPU_PLATFORMS:
         return "gpu"

@@ -40,7 +40,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from .neuron_loop import _current, params_broadcast, recurrent_batched as xla_recurrent_batched
-from .pallas_neuron import (_FLOATS, _carry_start, _keep_valid, _next_pow2, _reduce_to, _step_and_emit, _store,
+from .pallas_neuron import eligible as neuron_eligible
+from .pallas_neuron import (_carry_start, _keep_valid, _next_pow2, _reduce_to, _step_and_emit, _store,
                             target_platform)
 
 __all__ = ["recurrent_batched", "rec_tiling", "RecTiling", "eligible", "size_reason", "MAX_N", "RESIDENT_W_BYTES"]
@@ -108,19 +109,8 @@ def rec_tiling(T: int, B: int, n: int, target: str, block_b: Optional[int] = Non
 def eligible(T: int, n: int, dtype, platform: Optional[str] = None) -> Optional[str]:
     """None if a recurrent loop of ``n`` neurons over ``T`` steps with ``dtype`` inputs can run as
     Pallas kernels on ``platform`` (``cpu`` = interpret mode only), else why not."""
-    if T == 0:
-        return "the sequence is empty (T = 0)"
-    if n == 0:
-        return "the recurrent layer has no neurons"
-    dt = jnp.dtype(dtype)
-    if not any(dt == jnp.dtype(f) for f in _FLOATS):
-        return f"input dtype {dt} is not float32, bfloat16 or float16"
-    plat = (platform or jax.default_backend()).lower()
-    if plat not in ("cpu", "tpu", "gpu", "cuda", "rocm"):
-        return f"no Pallas lowering for platform {plat!r}"
-    if plat == "tpu" and dt == jnp.dtype(jnp.float16):
-        return "float16 inputs are not supported by the TPU (Mosaic) kernels; use bfloat16"
-    return size_reason(n, plat)
+    # the neuron-loop kernels' rules (T, dtype, platform), then the size of W_rec
+    return neuron_eligible((T, n), dtype, platform) or size_reason(n, platform)
 
 
 def size_reason(n: int, platform: Optional[str] = None) -> Optional[str]:

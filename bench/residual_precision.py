@@ -25,7 +25,7 @@ from snnkern import snn
 from snnkern.functional.surrogate import piecewise_surrogate, sigmoid_surrogate, superspike_surrogate
 from snnkern.kernels import neuron_loop as NL
 from snnkern.kernels import pallas_neuron as PN
-from snnkern.plan.runner import _neuron_step, _spike_idx
+from snnkern.plan.planner import neuron_step as _neuron_step
 
 __all__ = ["NEURONS", "POLICIES", "make_neuron", "setup", "measure", "markdown"]
 
@@ -84,7 +84,7 @@ def scan_autodiff(step, params, state0, xs, spike_idx=(), want_out=True, want_re
 def loss_of(fn, layer, **kw):
     """jit(value_and_grad) w.r.t. (params, state0, xs) of a loss mixing outputs, reads and final
     states of ``fn`` vmapped over the batch (the loss of tests/test_pallas.py)."""
-    step, sidx = _neuron_step(layer), _spike_idx(layer)
+    step, sidx = _neuron_step(layer), layer.binary_state_entries()
     run = jax.vmap(lambda p, s, x: fn(step, p, s, x, sidx, want_out=True, want_read=True,
                                       out_is_last_state=True, **kw), in_axes=(None, None, 0))
 
@@ -112,7 +112,7 @@ def rel_err(got, ref) -> float:
 
 def residual_bytes(layer, st, residual_dtype, x_dtype=jnp.float32):
     """(state residual bytes, input bytes) per neuron and step under a policy."""
-    dts = PN.residual_dtypes([s.dtype for s in st], _spike_idx(layer), residual_dtype)
+    dts = PN.residual_dtypes([s.dtype for s in st], layer.binary_state_entries(), residual_dtype)
     return sum(jnp.dtype(d).itemsize for d in dts), jnp.dtype(x_dtype).itemsize
 
 
@@ -124,7 +124,7 @@ def measure(kinds=NEURONS, policies: Optional[Dict[str, object]] = None, T=64, B
     for kind in kinds:
         layer, params, st, xs = setup(kind, N, T, B)
         (_, aux_ref), (gp_ref, gs_ref, gx_ref) = loss_of(scan_autodiff, layer)(params, st, xs)
-        spikes = float(jnp.mean(aux_ref[1])) if _spike_idx(layer) else float("nan")
+        spikes = float(jnp.mean(aux_ref[1])) if layer.binary_state_entries() else float("nan")
         for name, rdt in policies.items():
             (_, aux), (gp, gs, gx) = loss_of(PN.neuron_loop, layer, interpret=True, block_n=block_n,
                                               residual_dtype=rdt)(params, st, xs)

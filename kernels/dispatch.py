@@ -1,24 +1,34 @@
-"""Backend choice for the planned paths.
+"""Backend choice for the planned paths: the eligibility rules the planner calls, and the loops
+it hands a spec to.
 
 Backends: ``auto`` | ``reference`` | ``xla`` | ``pallas`` | ``pallas-interpret``.
 Read each time a model is traced (never frozen at import): the innermost ``with backend(...)``
 wins, else the environment variable ``SNNKERN_BACKEND``, else ``auto``. ``auto`` picks by the
-default JAX backend: the Pallas kernels on GPU/TPU, the XLA loops on CPU. Every fallback carries a reason; strict mode (``SNNKERN_STRICT=1`` or
-``with strict():``) turns a fallback into a :class:`FallbackError`.
+platform being traced for: the Pallas kernels on GPU/TPU, the XLA loops on CPU. The planner asks
+:func:`plan_neuron_loop` / :func:`plan_recurrent_loop` with the loop's abstract inputs, so every
+shape and dtype rule is checked before anything is traced; every fallback carries a reason, and
+strict mode (``SNNKERN_STRICT=1`` or ``with strict():``) turns it into a :class:`FallbackError`.
+The loops never choose: :func:`run_neuron_loop` / :func:`run_recurrent_loop` run what the spec says.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence, Tuple
 
 import jax
 
-__all__ = ["BACKENDS", "backend", "strict", "current_backend", "is_strict", "FallbackError", "Choice",
-           "choose_neuron_backend", "choose_recurrent_backend", "neuron_loop_fn", "recurrent_impl", "tracing_platform", "log"]
+from .platform import tracing_platform
+from .spec import Impl, NeuronLoopSpec, RecurrentLoopSpec
+from .tiling import NeuronTiling, RecTiling, layout_target
+
+__all__ = ["BACKENDS", "backend", "strict", "current_backend", "is_strict", "FallbackError", "Choice", "fallback",
+           "choose_impl", "plan_neuron_loop", "plan_recurrent_loop", "run_neuron_loop", "run_recurrent_loop",
+           "tracing_platform", "log"]
 
 BACKENDS = ("auto", "reference", "xla", "pallas", "pallas-interpret")
 log = logging.getLogger("snnkern")
@@ -103,23 +113,19 @@ def is_strict() -> bool:
 
 @dataclass(frozen=True)
 class Choice:
-    """A path decision: ``path`` that runs, and ``reason`` when it is not the one asked for."""
+    """A path decision: ``impl`` that runs, and ``reason`` when it is not the one asked for."""
 
-    path: str
+    impl: Impl
     reason: Optional[str] = None
 
-    @property
-    def fell_back(self) -> bool:
-        return self.reason is not None
 
-
-def fallback(where: str, path: str, reason: str) -> Choice:
-    """Record (log) a fallback to ``path``; in strict mode raise instead."""
+def fallback(where: str, path: str, reason: str) -> str:
+    """Record (log) a fallback to ``path``, returning ``reason``; in strict mode raise instead."""
     msg = f"{where}: {reason} -> {path}"
     if is_strict():
         raise FallbackError(f"strict mode (SNNKERN_STRICT): {msg}")
     log.info("snnkern fallback: %s", msg)
-    return Choice(path, reason)
+    return reason
 
 
 def pallas_available() -> Optional[str]:
@@ -131,92 +137,114 @@ def pallas_available() -> Optional[str]:
     return None
 
 
-def _compiled_pallas_unavailable() -> Optional[str]:
-    """Why compiled (not interpreted) kernels cannot be emitted here, or None: they need a GPU/TPU
-    default backend, or an abstract GPU/TPU device (``jax.sharding.use_abstract_mesh``) to lower for."""
-    from .pallas_neuron import target_platform
-    if target_platform() == "any":
-        return (f"compiled Pallas kernels need a GPU or TPU (platform: {jax.default_backend()}); "
-                "use 'pallas-interpret', or lower under jax.sharding.use_abstract_mesh with an accelerator device")
-    return None
+def _auto_pallas_off() -> bool:
+    return os.environ.get("SNNKERN_AUTO_PALLAS", "1").strip().lower() in ("0", "false", "no", "off")
 
 
-def tracing_platform() -> str:
-    """The platform being traced for: an active abstract mesh's device, else the default backend."""
-    try:
-        dev = jax.sharding.get_abstract_mesh().abstract_device
-    except Exception:  # noqa: BLE001 - JAX without abstract devices
-        dev = None
-    return dev.platform if dev is not None else jax.default_backend()
-
-
-def choose_neuron_backend(where: str, platform: Optional[str] = None) -> Choice:
-    """Backend for a recognised neuron loop / recurrent chain: ``xla`` or a Pallas variant.
+def choose_impl(where: str, platform: Optional[str] = None) -> Choice:
+    """The implementation of a recognised time loop before its shapes are looked at.
 
     ``auto``: the compiled Pallas kernels on GPU/TPU, the XLA loop on CPU (Pallas on CPU only
-    runs interpreted: slow, for tests). Shapes are checked when the loop is traced (the kernels
-    pad N, B and T to their tiles; what they cannot take runs the XLA loop with a logged reason).
-    ``SNNKERN_AUTO_PALLAS=0`` keeps ``auto`` on XLA everywhere (a logged choice, not a fallback).
-    ``platform``: decide as if on that platform (tests); default: the abstract device of an active
-    ``jax.sharding.use_abstract_mesh`` (lowering for an accelerator from a CPU host), else
-    ``jax.default_backend()``."""
+    runs interpreted: slow, for tests). ``SNNKERN_AUTO_PALLAS=0`` keeps ``auto`` on XLA everywhere
+    (a logged choice, not a fallback). ``platform``: the platform planned for (default: the one
+    being traced for, :func:`~snnkern.kernels.platform.tracing_platform`)."""
     requested = current_backend()
+    platform = (platform or tracing_platform()).lower()
     if requested == "xla":
-        return Choice("xla")
+        return Choice(Impl.XLA)
     if requested == "auto":
-        platform = (platform or tracing_platform()).lower()
         if platform == "cpu":
-            return Choice("xla")
-        if os.environ.get("SNNKERN_AUTO_PALLAS", "1").strip().lower() in ("0", "false", "no", "off"):
+            return Choice(Impl.XLA)
+        if _auto_pallas_off():
             log.info("snnkern: %s: auto on %s -> xla (SNNKERN_AUTO_PALLAS=0)", where, platform)
-            return Choice("xla")
+            return Choice(Impl.XLA)
         why = pallas_available()
         if why is None and platform not in ("gpu", "cuda", "rocm", "tpu"):
             why = f"no Pallas lowering for platform {platform!r}"
         if why is None:
-            return Choice("pallas")
-        return fallback(where, "xla", f"auto on {platform}: {why}")
+            return Choice(Impl.PALLAS)
+        return Choice(Impl.XLA, fallback(where, "xla", f"auto on {platform}: {why}"))
     # pallas / pallas-interpret explicitly asked for
     why = pallas_available()
-    if why is None and requested == "pallas":
-        why = _compiled_pallas_unavailable()
+    if why is None and requested == "pallas" and layout_target(platform) == "any":
+        why = (f"compiled Pallas kernels need a GPU or TPU (platform: {platform}); use 'pallas-interpret', "
+               "or lower under jax.sharding.use_abstract_mesh with an accelerator device")
     if why is None:
-        return Choice(requested)
-    return fallback(where, "xla", f"backend {requested!r} requested but {why}")
+        return Choice(Impl(requested))
+    return Choice(Impl.XLA, fallback(where, "xla", f"backend {requested!r} requested but {why}"))
 
 
-def choose_recurrent_backend(where: str, platform: Optional[str] = None, n: Optional[int] = None) -> Choice:
-    """Backend for a recognised recurrent compound of ``n`` neurons: the rules of a neuron loop,
-    plus the recurrent kernel's size limit (W_rec on chip) when ``n`` is given. The rest of its
-    limits (dtype, T = 0) are checked when it is traced."""
-    choice = choose_neuron_backend(where, platform)
-    if n is not None and choice.path in ("pallas", "pallas-interpret"):
-        from . import pallas_recurrent
-        plat = "cpu" if choice.path == "pallas-interpret" else (platform or tracing_platform())
-        why = pallas_recurrent.size_reason(int(n), plat)
-        if why is not None:
-            return fallback(where, "xla", why)
-    return choice
+def _kernel_target(impl: Impl, platform: str) -> Tuple[str, str]:
+    """``(layout target, platform whose rules apply)`` of a Pallas implementation."""
+    if impl is Impl.PALLAS_INTERPRET:
+        return "gpu", "cpu"          # interpreted: the GPU layout (small power-of-2 tiles)
+    target = layout_target(platform)
+    return target, {"gpu": "gpu", "tpu": "tpu"}.get(target, "cpu")
 
 
-def neuron_loop_fn(path: str):
-    """The neuron time loop of a chosen path (``xla`` | ``pallas`` | ``pallas-interpret``), with the
-    call contract of :func:`snnkern.kernels.neuron_loop.neuron_loop`."""
-    if path in ("pallas", "pallas-interpret"):
-        import functools
-
+def plan_neuron_loop(where: str, step, params, state0, xs, *, spike_idx: Sequence[int] = (), want_out: bool = True,
+                     want_read: bool = False, out_is_last_state: bool = False,
+                     platform: Optional[str] = None) -> Tuple[NeuronLoopSpec, Optional[str]]:
+    """The spec of one neuron's loop and the fallback reason (None if none). ``state0`` / ``xs``
+    (one sample, ``(T, *shape)``) may be ``jax.ShapeDtypeStruct`` s: nothing is traced."""
+    platform = (platform or tracing_platform()).lower()
+    choice = choose_impl(where, platform)
+    impl, reason, tiling = choice.impl, choice.reason, None
+    if impl.is_pallas:
         from . import pallas_neuron
-        return functools.partial(pallas_neuron.neuron_loop, interpret=path == "pallas-interpret")
-    from . import neuron_loop
-    return neuron_loop.neuron_loop
+        target, rules = _kernel_target(impl, platform)
+        why = pallas_neuron.unsupported(step, params, list(state0), xs, rules)
+        if why is None:
+            tiling = NeuronTiling.get_default(target)
+        else:
+            impl, reason = Impl.XLA, fallback(where, "xla", why)
+    spec = NeuronLoopSpec(impl, tuple(sorted(set(spike_idx))), want_out, want_read, out_is_last_state, tiling)
+    return spec, reason
 
 
-def recurrent_impl(path: str):
-    """The batched recurrent loop of a chosen path, for ``neuron_loop.recurrent_loop(impl=...)``."""
-    if path in ("pallas", "pallas-interpret"):
-        import functools
+def plan_recurrent_loop(where: str, step, params, state0, ff, w, b, *, spike_idx: Sequence[int] = (),
+                        want_out: bool = True, want_cur: bool = True,
+                        platform: Optional[str] = None) -> Tuple[RecurrentLoopSpec, Optional[str]]:
+    """The spec of a recurrent compound's loop and the fallback reason. ``state0`` entries (n,) and
+    ``ff`` (T, n) of one sample, ``w`` (n, n), ``b`` (n,) or None; arrays or ShapeDtypeStructs."""
+    platform = (platform or tracing_platform()).lower()
+    choice = choose_impl(where, platform)
+    impl, reason, tiling, resident = choice.impl, choice.reason, None, None
+    if impl.is_pallas:
+        from . import pallas_recurrent as pr
+        target, rules = _kernel_target(impl, platform)
+        batched = [jax.ShapeDtypeStruct((1,) + tuple(s.shape), s.dtype) for s in state0]
+        ff1 = jax.ShapeDtypeStruct((1,) + tuple(ff.shape), ff.dtype)
+        why = pr.unsupported(step, params, batched, ff1, w, b, rules)
+        if why is None:
+            tiling = RecTiling.get_default(target)
+            resident = pr.resident_w(tiling.n_pad(int(ff.shape[-1])), pr.dot_dtype_of(state0[-1].dtype, w.dtype),
+                                     target)
+        else:
+            impl, reason = Impl.XLA, fallback(where, "xla", why)
+    spec = RecurrentLoopSpec(impl, tuple(sorted(set(spike_idx))), want_out, want_cur, tiling, resident)
+    return spec, reason
 
+
+def run_neuron_loop(spec: NeuronLoopSpec, step, params, state0: list, xs):
+    """Run one neuron's loop as ``spec`` says: ``(final_state, outs or None, reads or None)``."""
+    kw = dict(want_out=spec.want_out, want_read=spec.want_read, out_is_last_state=spec.out_is_last_state)
+    if spec.impl.is_pallas:
+        from .pallas_neuron import neuron_loop
+        return neuron_loop(step, params, state0, xs, spec.spike_idx, interpret=spec.impl is Impl.PALLAS_INTERPRET,
+                           tiling=spec.tiling, residual_dtype=spec.residual_dtype, **kw)
+    from .neuron_loop import neuron_loop
+    return neuron_loop(step, params, state0, xs, spec.spike_idx, **kw)
+
+
+def run_recurrent_loop(spec: RecurrentLoopSpec, step, params, state0: list, ff, w, b):
+    """Run a recurrent compound's loop (one sample; batched under vmap) as ``spec`` says:
+    ``(final_state, outs or None, I, reads)``."""
+    from .recurrent import recurrent_loop
+    impl = None
+    if spec.impl.is_pallas:
         from . import pallas_recurrent
-        return functools.partial(pallas_recurrent.recurrent_batched, interpret=path == "pallas-interpret")
-    from . import neuron_loop
-    return neuron_loop.recurrent_batched
+        impl = functools.partial(pallas_recurrent.recurrent_batched, interpret=spec.impl is Impl.PALLAS_INTERPRET,
+                                 tiling=spec.tiling, resident=spec.resident_w)
+    return recurrent_loop(step, params, state0, ff, w, b, spec.spike_idx, want_out=spec.want_out, impl=impl,
+                          want_cur=spec.want_cur)

@@ -13,8 +13,9 @@ That is all a step needs; autodiff of a scan keeps every intermediate of every s
 Parameter gradients are accumulated **per neuron** in the carry and reduced once after the loop
 (a reduction inside each step costs more than the step itself on CPU).
 
-:func:`recurrent_loop` adds a recurrent weight: ``I_t = ff_t + (W_rec r_{t-1} + b_rec)`` with
-``r`` the neuron's output state; ``dW_rec`` and ``db_rec`` are one GEMM / one sum after the loop.
+:func:`recurrent_batched` adds a recurrent weight: ``I_t = ff_t + (W_rec r_{t-1} + b_rec)`` with
+``r`` the neuron's output state; ``dW_rec`` and ``db_rec`` are one GEMM / one sum after the loop
+(:mod:`.recurrent` wraps it for one sample and batches it under ``vmap``).
 """
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ from typing import Callable, Optional, Sequence, Tuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax.custom_batching import custom_vmap
 
-__all__ = ["neuron_loop", "recurrent_loop", "recurrent_batched", "scan_loop", "params_broadcast"]
+from .common import compress, current, params_broadcast, reduce_to, restore
+
+__all__ = ["neuron_loop", "recurrent_batched", "scan_loop", "Grads"]
 
 Step = Callable[[dict, list, jax.Array], Tuple[list, jax.Array]]
 
@@ -39,33 +41,7 @@ def scan_loop(step: Step, params, state0: list, xs: jax.Array):
     return jax.lax.scan(body, list(state0), xs)
 
 
-def params_broadcast(dyn, shape) -> bool:
-    """Whether every parameter array broadcasts to ``shape`` (the per-neuron gradient trick applies)."""
-    try:
-        return all(jnp.broadcast_shapes(a.shape, tuple(shape)) == tuple(shape) for a in jax.tree.leaves(dyn))
-    except ValueError:
-        return False
-
-
-def _reduce_to(g, shape):
-    """Sum a per-neuron gradient back to the parameter's shape."""
-    lead = g.ndim - len(shape)
-    g = jnp.sum(g, axis=tuple(range(lead))) if lead else g
-    axes = tuple(k for k, n in enumerate(shape) if n == 1 and g.shape[k] != 1)
-    return jnp.sum(g, axis=axes, keepdims=True) if axes else g
-
-
-def _compress(state: list, spike_idx: Sequence[int]) -> list:
-    return [s.astype(jnp.bool_) if k in spike_idx else s for k, s in enumerate(state)]
-
-
-def _restore(state: list, state0: list, t, spike_idx: Sequence[int]) -> list:
-    """Decompress a stored entering state; at t = 0 use the exact initial state."""
-    return [jnp.where(t == 0, s0, s.astype(s0.dtype)) if k in spike_idx else s
-            for k, (s, s0) in enumerate(zip(state, state0))]
-
-
-class _Grads:
+class Grads:
     """Per-step VJP of ``step`` whose parameter cotangents are per neuron when possible.
 
     ``batched``: the state and input carry a leading batch axis that ``step`` does not know about
@@ -100,7 +76,7 @@ class _Grads:
 
     def finish(self, g, dyn):
         if self.elementwise:
-            return jax.tree.map(lambda gg, a: _reduce_to(gg, a.shape).astype(a.dtype), g, dyn)
+            return jax.tree.map(lambda gg, a: reduce_to(gg, a.shape).astype(a.dtype), g, dyn)
         return g
 
 
@@ -129,7 +105,7 @@ def neuron_loop(step: Step, params, state0: list, xs: jax.Array, spike_idx: Sequ
 
         def body(s, xt):
             ns, out = step(p, s, xt)
-            kept = _compress(s[:-1] if last_from_reads else s, spike_idx) if keep else None
+            kept = compress(s[:-1] if last_from_reads else s, spike_idx) if keep else None
             return ns, (out if want_out else None, s[-1] if want_read else None, kept)
 
         return jax.lax.scan(body, list(s0), x)
@@ -146,7 +122,7 @@ def neuron_loop(step: Step, params, state0: list, xs: jax.Array, spike_idx: Sequ
     def bwd(res, g):
         d, s0, s_in, x, reads, outs = res
         g_sT, g_outs, g_reads = g
-        grads = _Grads(step, static, d, x.shape[1:])
+        grads = Grads(step, static, d, x.shape[1:])
 
         def body(carry, inp):
             g_s, g_d = carry
@@ -154,7 +130,7 @@ def neuron_loop(step: Step, params, state0: list, xs: jax.Array, spike_idx: Sequ
             if last_from == "outs":
                 prev = jax.lax.dynamic_index_in_dim(outs, jnp.maximum(t - 1, 0), keepdims=False)
                 rd = jnp.where(t == 0, s0[-1], prev.astype(s0[-1].dtype))
-            s = _restore(s, s0, t, spike_idx) + ([rd] if last_from_reads else [])
+            s = restore(s, s0, t, spike_idx) + ([rd] if last_from_reads else [])
             cot_out = g_out if want_out else jnp.zeros_like(xt, dtype=g_s[-1].dtype)
             dd, ds, dx = grads.vjp(d, s, xt, (g_s, cot_out))
             if want_read:
@@ -169,84 +145,6 @@ def neuron_loop(step: Step, params, state0: list, xs: jax.Array, spike_idx: Sequ
 
     loop.defvjp(fwd, bwd)
     return loop(dyn, list(state0), xs)
-
-
-def _current(w, b, r, fft):
-    """``I = ff + (r @ W^T + b)`` for a batch of rows ``r`` (the recurrent compound's Parallel sum:
-    its external branches first, the recurrent branch last)."""
-    rec = r @ w.T
-    return fft + (rec + b if b is not None else rec)
-
-
-def recurrent_loop(step: Step, params, state0: list, ff: jax.Array, w_rec: jax.Array,
-                   b_rec: Optional[jax.Array], spike_idx: Sequence[int] = (), want_out: bool = True,
-                   impl: Optional[Callable] = None, want_cur: bool = True):
-    """A neuron driven by ``I_t = ff_t + (w_rec @ r_{t-1} + b_rec)``, ``r`` = ``state[-1]``.
-
-    One sample: ``ff`` (T, n) is the hoisted feed-forward current. Returns ``(final_state, outs, I,
-    reads)``: ``outs`` the step outputs (None unless ``want_out``), ``I`` the (T, n) currents (the
-    recurrent compound's Parallel output) and ``reads`` the one-step-shifted ``r`` sequence
-    (``state0[-1]`` first), which is also what ``dW_rec`` is made of. All outputs are differentiable.
-    ``want_cur=False``: ``I`` is only the last step's current, shape (1, n) (what a non-final
-    recurrent compound keeps in its state), recomputed from ``reads[-1]``; the loop then neither
-    emits the (T, n) currents nor receives a (T, n) cotangent for them.
-
-    The loop is **batched**: under ``jax.vmap`` (how snnax-style models are run over a batch) a
-    custom batching rule runs one loop over the whole batch, ``r_{t-1} @ W^T`` as a (B, n) x (n, n)
-    GEMM per step, and the backward pass forms ``dW_rec`` once, as one GEMM over time *and* batch
-    (vmap of a custom VJP would form a (B, n, n) per-example ``dW_rec`` first). ``impl`` is the
-    batched, batch-major implementation (:func:`recurrent_batched`, or the Pallas kernel's).
-    """
-    impl = recurrent_batched if impl is None else impl
-    dyn, static = eqx.partition(params, eqx.is_array)
-    spike_idx = tuple(spike_idx)
-
-    def last_current(w, b, reads, x):
-        return _current(w, b, reads[:, -1:], x[:, -1:])    # (B, 1, n): the recurrent product of one step
-
-    def one(d, w, b, s0, x):
-        sT, outs, cur, reads = impl(step, d, static, w, b, [s[None] for s in s0], x[None], spike_idx, want_out,
-                                    want_cur=want_cur)
-        if not want_cur:
-            cur = last_current(w, b, reads, x[None])
-        return [s[0] for s in sT], (None if outs is None else outs[0]), cur[0], reads[0]
-
-    loop = custom_vmap(one)
-
-    @loop.def_vmap
-    def _batched(axis_size, in_batched, d, w, b, s0, x):
-        d_b, w_b, b_b, s0_b, x_b = in_batched
-        if any(jax.tree.leaves(d_b)) or w_b or bool(b_b):
-            # per-example weights (an ensemble): plain vmap of the one-sample loop
-            axes = jax.tree.map(lambda t: 0 if t else None, (d_b, w_b, b_b, s0_b, x_b))
-            out = jax.vmap(one, in_axes=axes)(d, w, b, s0, x)
-        else:
-            s0 = [s if sb else jnp.broadcast_to(s, (axis_size,) + s.shape) for s, sb in zip(s0, s0_b)]
-            x = x if x_b else jnp.broadcast_to(x, (axis_size,) + x.shape)
-            # batch-major (B, T, n) in and out, as vmap lays the batch out: no transposes
-            sT, outs, cur, reads = impl(step, d, static, w, b, s0, x, spike_idx, want_out, want_cur=want_cur)
-            if not want_cur:
-                cur = last_current(w, b, reads, x)
-            out = (sT, outs, cur, reads)
-        return out, jax.tree.map(lambda _: True, out)
-
-    if not _vmap_is_innermost():
-        # no vmap, or vmap outside an autodiff transform (per-example gradients): JAX cannot
-        # linearize a custom_vmap function, and vmap of the one-sample custom VJP is right there
-        return one(dyn, w_rec, b_rec, list(state0), ff)
-    return loop(dyn, w_rec, b_rec, list(state0), ff)
-
-
-def _vmap_is_innermost() -> bool:
-    """Whether the innermost transformation being traced is ``vmap`` (so a custom batching rule
-    runs before any autodiff of it: ``grad(vmap(f))``, ``jit(vmap(f))``), not ``grad`` / ``jvp``
-    (``vmap(grad(f))``, or no vmap at all). Private JAX API, guarded: False when unknown."""
-    try:
-        from jax._src import core
-        from jax._src.interpreters import batching
-        return isinstance(core.trace_ctx.trace, batching.BatchTrace)
-    except Exception:  # noqa: BLE001 - moved internals: the always-correct per-sample path
-        return False
 
 
 def _scan_axis1(body, init, xs, length: int, reverse: bool = False):
@@ -288,18 +186,18 @@ def recurrent_batched(step: Step, dyn, static, w, b, state0: list, ff: jax.Array
     T = ff.shape[1]
     # ``step`` over the batch rows (vmap: no assumption that it is elementwise); per-(sample,
     # neuron) parameter cotangents, reduced once after the loop
-    grads = _Grads(step, static, dyn, (ff.shape[0],) + ff.shape[2:], batched=True)
+    grads = Grads(step, static, dyn, (ff.shape[0],) + ff.shape[2:], batched=True)
 
     def run(d, w, b, s0, x, keep):
         # (I_t could overwrite ff_t in ff's buffer, saving one (B, T, n) array; measured on XLA CPU
         # it makes the training step 2x slower: the carried buffer that is read and updated in the
         # same iteration gets copied)
         def body(s, t, fft):
-            i_t = _current(w, b, s[-1], fft)
+            i_t = current(w, b, s[-1], fft)
             ns, out = grads.apply(d, s, i_t)
             ns = [a.astype(o.dtype) for a, o in zip(ns, s)]
             return ns, (out if want_out else None, i_t if keep or want_cur else None, s[-1],
-                        _compress(s[:-1], spike_idx) if keep else None)
+                        compress(s[:-1], spike_idx) if keep else None)
 
         return _scan_axis1(body, list(s0), x, T)
 
@@ -319,7 +217,7 @@ def recurrent_batched(step: Step, dyn, static, w, b, state0: list, ff: jax.Array
         def body(carry, t, inp):
             g_s, g_d = carry
             s, i_t, rd, g_out, g_i_extra, g_rd = inp
-            s = _restore(s, s0, t, spike_idx) + [rd]
+            s = restore(s, s0, t, spike_idx) + [rd]
             cot_out = g_out if want_out else jnp.zeros_like(i_t, dtype=g_s[-1].dtype)
             dd, ds, di = grads.vjp(d, s, i_t, (g_s, cot_out))
             if g_i_extra is not None:

@@ -1,7 +1,7 @@
 """Fused Pallas kernels for the recurrent compound ``CompoundLayer([Parallel([..., Linear_rec]), neuron])``.
 
 The batched, time-major drop-in for :func:`snnkern.kernels.neuron_loop.recurrent_batched` (what
-:func:`~snnkern.kernels.neuron_loop.recurrent_loop` runs under ``vmap``): same arguments, same
+:func:`~snnkern.kernels.recurrent.recurrent_loop` runs under ``vmap``): same arguments, same
 ``(final_state, outs, I, reads)`` result, same gradients, but each direction is **one**
 ``pallas_call`` whose time loop contains the recurrent product:
 
@@ -20,8 +20,8 @@ and the grid runs over batch tiles (and, on TPU, sequential time chunks, the sta
 resident final-state block as in :mod:`.pallas_neuron`). ``W^T`` is one whole block: it is loaded
 once before the time loop when it is small (``n_pad^2 x itemsize <= RESIDENT_W_BYTES``: kept in
 registers / shared memory), else read from its ref at every step (GPU: an L2-resident global
-array; TPU: VMEM). Size limit: ``n_pad <= MAX_N`` (1024); larger recurrent layers run the XLA
-loop (a cuBLAS / MXU GEMM per step), with a logged reason.
+array; TPU: VMEM). Size limit: ``n_pad <= MAX_N`` (1024); larger recurrent layers are planned
+on the XLA loop (a cuBLAS / MXU GEMM per step), with the reason in the plan.
 
 Tiles: GPU (Triton) ``bB`` a power of 2 >= 16 and ``n_pad = next_pow2(n) >= 16`` (``tl.dot`` needs
 power-of-2 dims >= 16); TPU (Mosaic) ``bB`` a multiple of 8, ``n_pad`` a multiple of 128, time in
@@ -31,7 +31,7 @@ reach a real neuron; padded time steps are masked.
 """
 from __future__ import annotations
 
-import dataclasses
+import functools
 from typing import Optional, Sequence
 
 import equinox as eqx
@@ -39,71 +39,16 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from .neuron_loop import _current, params_broadcast, recurrent_batched as xla_recurrent_batched
+from .common import current, params_broadcast, reduce_to
+from .pallas_common import RefReader, carry_start, keep_valid, masked_step_valid, step_and_emit, store
 from .pallas_neuron import eligible as neuron_eligible
-from .pallas_neuron import (_carry_start, _keep_valid, _next_pow2, _reduce_to, _step_and_emit, _store,
-                            target_platform)
+from .tiling import RecLayout, RecTiling, compiler_params, layout_target, next_pow2, round_up
 
-__all__ = ["recurrent_batched", "rec_tiling", "RecTiling", "eligible", "size_reason", "MAX_N", "RESIDENT_W_BYTES"]
+__all__ = ["recurrent_batched", "eligible", "unsupported", "size_reason", "default_tiling", "resident_w",
+           "dot_dtype_of", "MAX_N", "RESIDENT_W_BYTES"]
 
 MAX_N = 1024
 RESIDENT_W_BYTES = {"gpu": 64 * 1024, "tpu": 8 * 1024 * 1024, "any": 64 * 1024}
-_DEFAULT_BLOCK_B = {"gpu": 16, "tpu": 128, "any": 16}
-_DEFAULT_BLOCK_T_TPU = 64
-
-
-def _round_up(a: int, m: int) -> int:
-    return -(-int(a) // m) * m
-
-
-@dataclasses.dataclass(frozen=True)
-class RecTiling:
-    """``bB`` samples per tile of ``B_pad``; ``n_pad`` neurons; ``tc`` steps per chunk of ``T_pad``."""
-
-    target: str
-    T: int
-    B: int
-    n: int
-    bB: int
-    B_pad: int
-    n_pad: int
-    tc: int
-    T_pad: int
-
-    @property
-    def n_tiles(self) -> int:
-        return self.B_pad // self.bB
-
-    @property
-    def n_chunks(self) -> int:
-        return self.T_pad // self.tc
-
-
-def rec_tiling(T: int, B: int, n: int, target: str, block_b: Optional[int] = None,
-               block_t: Optional[int] = None) -> RecTiling:
-    """The tiling of a (T, B, n) recurrent problem for ``target`` (``gpu`` | ``tpu`` | ``any``)."""
-    if target not in _DEFAULT_BLOCK_B:
-        raise ValueError(f"unknown tiling target {target!r}")
-    if target == "tpu":
-        n_pad = _round_up(n, 128)
-        bB = _DEFAULT_BLOCK_B[target] if block_b is None else int(block_b)
-        if bB <= 0 or bB % 8:
-            raise ValueError(f"block_b on TPU must be a positive multiple of 8, got {block_b}")
-        bB = min(bB, _round_up(B, 8))
-        tc = min(T, _DEFAULT_BLOCK_T_TPU if block_t is None else int(block_t))
-        if tc <= 0:
-            raise ValueError(f"block_t must be positive, got {block_t}")
-    else:
-        n_pad = max(16, _next_pow2(n)) if target == "gpu" else max(128, _next_pow2(n))
-        bB = _DEFAULT_BLOCK_B[target] if block_b is None else int(block_b)
-        if bB < 16 or bB & (bB - 1):
-            raise ValueError(f"block_b must be a power of 2 >= 16 (a Triton dot operand), got {block_b}")
-        if target == "gpu":
-            bB = min(bB, max(16, _next_pow2(B)))
-        if block_t not in (None, T):
-            raise ValueError(f"block_t is only supported for TPU tilings (target {target!r})")
-        tc = T
-    return RecTiling(target, T, B, n, bB, _round_up(B, bB), n_pad, tc, _round_up(T, tc))
 
 
 def eligible(T: int, n: int, dtype, platform: Optional[str] = None) -> Optional[str]:
@@ -114,29 +59,59 @@ def eligible(T: int, n: int, dtype, platform: Optional[str] = None) -> Optional[
 
 
 def size_reason(n: int, platform: Optional[str] = None) -> Optional[str]:
-    """None if a recurrent layer of ``n`` neurons fits the kernels' size limit, else why not
-    (the planner checks it up front: ``n`` is known from the recurrent Linear)."""
+    """None if a recurrent layer of ``n`` neurons fits the kernels' size limit, else why not."""
     plat = (platform or jax.default_backend()).lower()
-    n_pad = _round_up(n, 128) if plat == "tpu" else _next_pow2(n)
+    n_pad = round_up(n, 128) if plat == "tpu" else next_pow2(n)
     if n_pad > MAX_N:
         return (f"the recurrent layer has {n} neurons (padded {n_pad}) > {MAX_N}: W_rec does not fit on chip "
                 f"next to the state tiles; the XLA loop runs one GEMM per step instead")
     return None
 
 
-def _compiler_params(tl: RecTiling, interpret: bool):
-    if interpret:
-        return None
-    if tl.target == "gpu":
-        from jax.experimental.pallas import triton as plgpu
-        return plgpu.CompilerParams(num_warps=4 if tl.n_pad * tl.bB <= 8192 else 8, num_stages=1)
-    if tl.target == "tpu":
-        from jax.experimental.pallas import tpu as pltpu
-        return pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary"))
+def unsupported(step, params, state0, ff, w, b, platform: str) -> Optional[str]:
+    """None if the kernels take this batched loop (``state0`` entries (B, n), ``ff`` (B, T, n)),
+    else why not. Works on arrays and ``jax.ShapeDtypeStruct`` s (the planner asks first, with a
+    batch of 1; the kernel raises with the same reason)."""
+    B, T, n = (int(d) for d in ff.shape)
+    why = eligible(T, n, ff.dtype, platform)
+    if why is not None:
+        return why
+    dyn, static = eqx.partition(params, eqx.is_array)
+    if not params_broadcast(dyn, (n,)):
+        return "a neuron parameter does not broadcast against the (n,) neuron shape"
+    if any(tuple(s.shape) != (B, n) for s in state0):
+        return "a state entry's shape differs from (batch, neurons)"
+    if tuple(w.shape) != (n, n):
+        return f"W_rec has shape {tuple(w.shape)}, not ({n}, {n})"
+    cur = jax.eval_shape(lambda r, x: current(w, b, r, x), state0[-1], jax.ShapeDtypeStruct((B, n), ff.dtype))
+    out = jax.eval_shape(lambda d, s, x: step(eqx.combine(d, static), s, x), dyn,
+                         [jax.ShapeDtypeStruct((n,), s.dtype) for s in state0],
+                         jax.ShapeDtypeStruct((n,), cur.dtype))[1]
+    if tuple(out.shape) != (n,):
+        return f"the step's output shape {tuple(out.shape)} is not the neuron shape ({n},)"
     return None
 
 
-def _specs(tl: RecTiling, reverse: bool = False):
+def default_tiling(platform: Optional[str], interpret: bool, block_b=None, block_t=None) -> RecTiling:
+    """The tiling used when none is given (as :func:`.pallas_neuron.default_tiling`)."""
+    if interpret and platform is None:
+        target = "tpu" if block_t is not None else "gpu"
+    else:
+        target = layout_target(platform)
+    return RecTiling(target, block_t=block_t, block_b=block_b)
+
+
+def resident_w(n_pad: int, dot_dtype, target: str) -> bool:
+    """Whether W_rec (``n_pad`` x ``n_pad`` in ``dot_dtype``) is kept on chip for the whole loop."""
+    return n_pad * n_pad * jnp.dtype(dot_dtype).itemsize <= RESIDENT_W_BYTES[target]
+
+
+def dot_dtype_of(state_dtype, w_dtype):
+    """The dtype of the in-loop recurrent product's operands."""
+    return jnp.result_type(state_dtype, w_dtype)
+
+
+def _specs(tl: RecLayout, reverse: bool = False):
     nc = tl.n_chunks
     rows = pl.BlockSpec((tl.bB, tl.n_pad), lambda i, c: (i, 0))
     if reverse:
@@ -150,17 +125,17 @@ def _specs(tl: RecTiling, reverse: bool = False):
 
 # layout helpers ------------------------------------------------------------------------------
 
-def _pad_rows(a, tl: RecTiling):
+def _pad_rows(a, tl: RecLayout):
     """(B, n) -> (B_pad, n_pad), zeros."""
     return jnp.pad(a, [(0, tl.B_pad - a.shape[0]), (0, tl.n_pad - a.shape[1])])
 
 
-def _pad_seq(a, tl: RecTiling):
+def _pad_seq(a, tl: RecLayout):
     """(T, B, n) -> (T_pad, B_pad, n_pad), zeros."""
     return jnp.pad(a, [(0, tl.T_pad - a.shape[0]), (0, tl.B_pad - a.shape[1]), (0, tl.n_pad - a.shape[2])])
 
 
-def _pad_vec(a, tl: RecTiling, fill_first: bool):
+def _pad_vec(a, tl: RecLayout, fill_first: bool):
     """A per-neuron vector (n,) -> (1, n_pad); parameters padded with their first value (pad
     neurons stay in a realistic range), biases with zeros."""
     pad = tl.n_pad - a.shape[0]
@@ -171,84 +146,65 @@ def _pad_vec(a, tl: RecTiling, fill_first: bool):
 
 
 def recurrent_batched(step, dyn, static, w, b, state0: list, ff: jax.Array, spike_idx: Sequence[int] = (),
-                      want_out: bool = True, want_cur: bool = True, *, interpret: bool = False, block_b: Optional[int] = None,
-                      block_t: Optional[int] = None, platform: Optional[str] = None, precision=None):
+                      want_out: bool = True, want_cur: bool = True, *, interpret: bool = False,
+                      tiling: Optional[RecTiling] = None, block_b: Optional[int] = None,
+                      block_t: Optional[int] = None, platform: Optional[str] = None, precision=None,
+                      resident: Optional[bool] = None):
     """The recurrent loop as fused Pallas kernels: ``state0`` entries (B, n), ``ff`` (B, T, n)
     (batch-major, the contract of :func:`~snnkern.kernels.neuron_loop.recurrent_batched`; the
     kernels work time-major, so sequences are transposed on the way in and out),
     ``w`` (n, n) as ``eqx.nn.Linear.weight`` (out x in), ``b`` (n,) or None.
 
     Returns ``(final_state, outs or None, I or None, reads)`` (sequences (B, T, n); ``I`` only if
-    ``want_cur``, it is a residual either way); custom VJP w.r.t. the
-    array leaves of ``dyn``, ``w``, ``b``, ``state0`` and ``ff``. ``interpret``: the Pallas
-    interpreter (CPU tests); ``block_b``: samples per tile; ``block_t``: steps per time chunk
-    (TPU, or interpret with the TPU layout); ``platform``: the layout family (see
-    :func:`.pallas_neuron.target_platform`); ``precision``: of the in-loop dot (``None``: the
-    platform default; pass ``jax.lax.Precision.HIGHEST`` for exact float32 on GPU).
-    A loop the kernels cannot take runs :func:`~snnkern.kernels.neuron_loop.recurrent_batched`
-    (identical results), with the reason logged (a ``FallbackError`` in strict mode).
+    ``want_cur``, it is a residual either way); custom VJP w.r.t. the array leaves of ``dyn``,
+    ``w``, ``b``, ``state0`` and ``ff``. ``interpret``: the Pallas interpreter (CPU tests);
+    ``tiling``: the :class:`~snnkern.kernels.tiling.RecTiling` the planner decided (else one from
+    ``block_b`` samples per tile, ``block_t`` steps per time chunk and ``platform``);
+    ``precision``: of the in-loop dot (``None``: the platform default; pass
+    ``jax.lax.Precision.HIGHEST`` for exact float32 on GPU); ``resident``: keep W_rec on chip
+    (default: when it fits, :func:`resident_w`).
+    A loop the kernels cannot take (:func:`unsupported`) raises ``ValueError``.
     """
+    if tiling is None:
+        tiling = default_tiling(platform, interpret, block_b, block_t)
     spike_idx = tuple(sorted(set(int(k) for k in spike_idx)))
     state0 = list(state0)
     B, T, n = (int(d) for d in ff.shape)
-    plat = "cpu" if interpret else {"gpu": "gpu", "tpu": "tpu"}.get(target_platform(platform), "cpu")
-    why = eligible(T, n, ff.dtype, plat)
-    if why is None and not params_broadcast(dyn, (n,)):
-        why = "a neuron parameter does not broadcast against the (n,) neuron shape"
-    if why is None and any(tuple(s.shape) != (B, n) for s in state0):
-        why = "a state entry's shape differs from (batch, neurons)"
-    if why is None and tuple(w.shape) != (n, n):
-        why = f"W_rec has shape {tuple(w.shape)}, not ({n}, {n})"
-
+    plat = "cpu" if interpret else {"gpu": "gpu", "tpu": "tpu"}.get(tiling.target, "cpu")
+    why = unsupported(step, eqx.combine(dyn, static), state0, ff, w, b, plat)
+    if why is not None:
+        raise ValueError(f"the Pallas recurrent kernel cannot take this loop: {why}")
     leaves, treedef = jax.tree.flatten(dyn)
 
     def combine(vals):
         return eqx.combine(jax.tree.unflatten(treedef, list(vals)), static)
 
-    if why is None:
-        cur_aval = jax.eval_shape(lambda r, x: _current(w, b, r, x), state0[-1], ff[:, 0])
-        out_aval = jax.eval_shape(lambda d, s, x: step(combine(d), s, x), leaves,
-                                  [jax.ShapeDtypeStruct((n,), s.dtype) for s in state0],
-                                  jax.ShapeDtypeStruct((n,), cur_aval.dtype))[1]
-        if tuple(out_aval.shape) != (n,):
-            why = f"the step's output shape {tuple(out_aval.shape)} is not the neuron shape ({n},)"
-    if why is not None:
-        from .dispatch import fallback
-        fallback("pallas recurrent loop", "xla", why)
-        return xla_recurrent_batched(step, dyn, static, w, b, state0, ff, spike_idx, want_out, want_cur)
-
-    if interpret and platform is None:
-        target = "tpu" if block_t is not None else "gpu"
-    else:
-        target = target_platform(platform)
-    tl = rec_tiling(T, B, n, target, block_b, block_t)
+    tl = tiling.layout(T, B, n)
     n_s = len(state0)
     s_dtypes = [s.dtype for s in state0]
-    cur_dtype, out_dtype = cur_aval.dtype, out_aval.dtype
-    dot_dtype = jnp.result_type(s_dtypes[-1], w.dtype)
-    res_dtypes = [jnp.int8 if k in spike_idx else s_dtypes[k] for k in range(n_s - 1)]
+    cur_dtype = jax.eval_shape(lambda r, x: current(w, b, r, x), state0[-1], ff[:, 0]).dtype
+    out_dtype = jax.eval_shape(lambda d, s, x: step(combine(d), s, x), leaves,
+                               [jax.ShapeDtypeStruct((n,), s.dtype) for s in state0],
+                               jax.ShapeDtypeStruct((n,), cur_dtype))[1].dtype
+    dot_dtype = dot_dtype_of(s_dtypes[-1], w.dtype)
+    if resident is None:
+        resident = resident_w(tl.n_pad, dot_dtype, tl.target)
     has_bias = b is not None
-    resident = tl.n_pad * tl.n_pad * jnp.dtype(dot_dtype).itemsize <= RESIDENT_W_BYTES[tl.target]
-    cfg = dict(tl=tl, step=step, combine=combine, n_p=len(leaves), n_s=n_s, s_dtypes=s_dtypes, cur_dtype=cur_dtype,
-               out_dtype=out_dtype, dot_dtype=dot_dtype, res_dtypes=res_dtypes, has_bias=has_bias,
-               resident=resident, want_out=want_out, interpret=interpret, precision=precision)
-    fwd_cfg = dict(cfg, want_cur=want_cur)
-
-    def tiles_in(d, w_, b_, s0, x):
-        p_t = [_pad_vec(jnp.broadcast_to(a, (n,)), tl, True) for a in d]
-        extra = [_pad_vec(b_, tl, False)] if has_bias else []
-        wt = jnp.pad(w_.T.astype(dot_dtype), [(0, tl.n_pad - n)] * 2)
-        return p_t, [_pad_rows(s, tl) for s in s0], _pad_seq(jnp.swapaxes(x, 0, 1), tl), wt, extra
+    cfg = dict(tl=tl, step=step, combine=combine, n_p=len(leaves), s_dtypes=s_dtypes, cur_dtype=cur_dtype,
+               out_dtype=out_dtype, dot_dtype=dot_dtype, has_bias=has_bias,
+               res_dtypes=[jnp.int8 if k in spike_idx else s_dtypes[k] for k in range(n_s - 1)],
+               resident=resident,
+               want_out=want_out, want_cur=want_cur, interpret=interpret, precision=precision)
 
     def run(d, w_, b_, s0, x, keep):
         """The forward kernel: final state, outs, I (if wanted or kept), reads, residuals - padded."""
-        p_t, s0_t, x_t, wt, extra = tiles_in(d, w_, b_, s0, x)
-        res = list(_forward_call(keep=keep, **fwd_cfg)(*p_t, *s0_t, x_t, wt, *extra))
-        sT, res = res[:n_s], res[n_s:]
-        outs = res.pop(0) if want_out else None
-        cur = res.pop(0) if (keep or want_cur) else None
-        reads = res.pop(0)
-        return p_t, s0_t, sT, outs, cur, reads, res
+        p_t = [_pad_vec(jnp.broadcast_to(a, (n,)), tl, True) for a in d]
+        s0_t = [_pad_rows(s, tl) for s in s0]
+        wt = jnp.pad(w_.T.astype(dot_dtype), [(0, tl.n_pad - n)] * 2)
+        extra = [_pad_vec(b_, tl, False)] if has_bias else []
+        r = RefReader(_forward_call(keep=keep, **cfg)(*p_t, *s0_t, _pad_seq(jnp.swapaxes(x, 0, 1), tl), wt, *extra))
+        sT, outs, cur, reads = r.take(n_s), r.opt(want_out), r.opt(keep or want_cur), r.one()
+        return p_t, s0_t, sT, outs, cur, reads, r.rest()
 
     def unpad(a):
         """A padded time-major kernel sequence -> (B, T, n)."""
@@ -280,10 +236,10 @@ def recurrent_batched(step, dyn, static, w, b, state0: list, ff: jax.Array, spik
             ins.append(pad_in(g_cur, cur_dtype))
         ins.append(pad_in(g_reads, s_dtypes[-1]))
         ins += [_pad_rows(gs.astype(s_dtypes[k]), tl) for k, gs in enumerate(g_sT)]
-        outs = _backward_call(p_dtypes=[a.dtype for a in p_t], want_cur=want_cur, **cfg)(*ins)
+        outs = _backward_call(p_dtypes=[a.dtype for a in p_t], **cfg)(*ins)
         g_s0 = [o[:B, :n] for o in outs[:n_s]]
         g_i = outs[n_s][:T, :B, :n]
-        g_p = [_reduce_to(o[:B, :n], a.shape).astype(a.dtype) for o, a in zip(outs[n_s + 1:], d)]
+        g_p = [reduce_to(o[:B, :n], a.shape).astype(a.dtype) for o, a in zip(outs[n_s + 1:], d)]
         g_w = jnp.einsum("tbn,tbm->nm", g_i, reads_t[:T, :B, :n].astype(g_i.dtype)).astype(w_.dtype)
         g_b = jnp.sum(g_i, axis=(0, 1)).astype(b_.dtype) if has_bias else None
         return g_p, g_w, g_b, g_s0, jnp.swapaxes(g_i, 0, 1).astype(ff.dtype)
@@ -296,143 +252,127 @@ def _dot(a, b, dot_dtype, precision):
     return jnp.dot(a.astype(dot_dtype), b, precision=precision, preferred_element_type=jnp.float32)
 
 
-def _forward_call(*, tl: RecTiling, step, combine, n_p, n_s, s_dtypes, cur_dtype, out_dtype, dot_dtype, res_dtypes,
+def _forward_kernel(*refs, tl: RecLayout, step, combine, n_p, s_dtypes, cur_dtype, out_dtype, dot_dtype,
+                    res_dtypes, has_bias, resident, want_out, emit_cur, keep, precision):
+    n_s = len(s_dtypes)
+    r = RefReader(refs)
+    p_refs, s0_refs, x_ref, wt_ref, b_ref = r.take(n_p), r.take(n_s), r.one(), r.one(), r.opt(has_bias)
+    sT_refs, out_ref, cur_ref, read_ref = r.take(n_s), r.opt(want_out), r.opt(emit_cur), r.one()
+    res_refs = r.rest() if keep else []
+
+    shape = (tl.bB, tl.n_pad)
+    p = combine([jnp.broadcast_to(ref[...], shape) for ref in p_refs])
+    bias = jnp.broadcast_to(b_ref[...], shape) if has_bias else None
+    wt_res = wt_ref[...] if resident else None
+    chunked = tl.n_chunks > 1
+    c = pl.program_id(1) if chunked else 0
+    s, _ = carry_start(chunked, c, sT_refs, s0_refs)   # the final-state blocks carry the state
+
+    def body(j, s):
+        rd = s[-1]
+        read_ref[j] = rd
+        if keep:
+            for k in range(n_s - 1):
+                res_refs[k][j] = s[k].astype(res_dtypes[k])
+        rec = _dot(rd, wt_res if resident else wt_ref[...], dot_dtype, precision)
+        i_t = (x_ref[j] + ((rec + bias) if has_bias else rec)).astype(cur_dtype)
+        if emit_cur:
+            cur_ref[j] = i_t
+        valid = masked_step_valid(tl.T_pad > tl.T, c, tl.tc, j, tl.T)
+        return step_and_emit(step, p, s, i_t, s_dtypes, valid, out_ref, j, out_dtype)
+
+    store(sT_refs, jax.lax.fori_loop(0, tl.tc, body, s))
+
+
+def _forward_call(*, tl: RecLayout, step, combine, n_p, s_dtypes, cur_dtype, out_dtype, dot_dtype, res_dtypes,
                   has_bias, resident, want_out, want_cur, interpret, precision, keep):
     rows, seq, whole, vec = _specs(tl)
-    chunked = tl.n_chunks > 1
-    masked = tl.T_pad > tl.T
     emit_cur = want_cur or keep          # I_t: an output, and the backward pass's residual
-
-    def kernel(*refs):
-        refs = list(refs)
-        p_refs = [refs.pop(0) for _ in range(n_p)]
-        s0_refs = [refs.pop(0) for _ in range(n_s)]
-        x_ref, wt_ref = refs.pop(0), refs.pop(0)
-        b_ref = refs.pop(0) if has_bias else None
-        sT_refs = [refs.pop(0) for _ in range(n_s)]
-        out_ref = refs.pop(0) if want_out else None
-        cur_ref = refs.pop(0) if emit_cur else None
-        read_ref = refs.pop(0)
-        res_refs = refs if keep else []
-
-        shape = (tl.bB, tl.n_pad)
-        p = combine([jnp.broadcast_to(r[...], shape) for r in p_refs])
-        bias = jnp.broadcast_to(b_ref[...], shape) if has_bias else None
-        wt_res = wt_ref[...] if resident else None
-        c = pl.program_id(1) if chunked else 0
-        s, _ = _carry_start(chunked, c, sT_refs, s0_refs)   # the final-state blocks carry the state
-
-        def body(j, s):
-            r = s[-1]
-            read_ref[j] = r
-            for k in range(n_s - 1):
-                if keep:
-                    res_refs[k][j] = s[k].astype(res_dtypes[k])
-            rec = _dot(r, wt_res if resident else wt_ref[...], dot_dtype, precision)
-            x = x_ref[j]
-            i_t = (x + ((rec + bias) if has_bias else rec)).astype(cur_dtype)
-            if emit_cur:
-                cur_ref[j] = i_t
-            return _step_and_emit(step, p, s, i_t, s_dtypes, (c * tl.tc + j < tl.T) if masked else None,
-                                  out_ref, j, out_dtype)
-
-        _store(sT_refs, jax.lax.fori_loop(0, tl.tc, body, s))
-
     Bp, Np, Tp = tl.B_pad, tl.n_pad, tl.T_pad
+    n_s = len(s_dtypes)
+    seqs = ([out_dtype] if want_out else []) + ([cur_dtype] if emit_cur else []) + [s_dtypes[-1]]
+    seqs += res_dtypes if keep else []
     out_shape = [jax.ShapeDtypeStruct((Bp, Np), dt) for dt in s_dtypes]
-    out_specs = [rows] * n_s
-    if want_out:
-        out_shape.append(jax.ShapeDtypeStruct((Tp, Bp, Np), out_dtype))
-        out_specs.append(seq)
-    if emit_cur:
-        out_shape.append(jax.ShapeDtypeStruct((Tp, Bp, Np), cur_dtype))
-        out_specs.append(seq)
-    out_shape.append(jax.ShapeDtypeStruct((Tp, Bp, Np), s_dtypes[-1]))
-    out_specs.append(seq)
-    if keep:
-        out_shape += [jax.ShapeDtypeStruct((Tp, Bp, Np), dt) for dt in res_dtypes]
-        out_specs += [seq] * (n_s - 1)
+    out_shape += [jax.ShapeDtypeStruct((Tp, Bp, Np), dt) for dt in seqs]
     in_specs = [vec] * n_p + [rows] * n_s + [seq, whole] + ([vec] if has_bias else [])
+    kernel = functools.partial(_forward_kernel, tl=tl, step=step, combine=combine, n_p=n_p, s_dtypes=s_dtypes,
+                               cur_dtype=cur_dtype, out_dtype=out_dtype, dot_dtype=dot_dtype, res_dtypes=res_dtypes,
+                               has_bias=has_bias, resident=resident, want_out=want_out, emit_cur=emit_cur,
+                               keep=keep, precision=precision)
     return pl.pallas_call(kernel, out_shape=out_shape, grid=(tl.n_tiles, tl.n_chunks), in_specs=in_specs,
-                          out_specs=out_specs, compiler_params=_compiler_params(tl, interpret), interpret=interpret,
-                          name="snnkern_recurrent_fwd")
+                          out_specs=[rows] * n_s + [seq] * len(seqs), compiler_params=compiler_params(tl, interpret),
+                          interpret=interpret, name="snnkern_recurrent_fwd")
 
 
-def _backward_call(*, tl: RecTiling, step, combine, n_p, n_s, s_dtypes, cur_dtype, out_dtype, dot_dtype, res_dtypes,
-                   has_bias, resident, want_out, want_cur, interpret, precision, p_dtypes):
-    rows, seq, whole, vec = _specs(tl, reverse=True)
+def _backward_kernel(*refs, tl: RecLayout, step, combine, n_p, s_dtypes, out_dtype, dot_dtype, res_dtypes,
+                     resident, want_out, want_cur, precision):
+    n_s = len(s_dtypes)
+    r = RefReader(refs)
+    p_refs, s0_refs, res_refs = r.take(n_p), r.take(n_s), r.take(n_s - 1)
+    cur_ref, read_ref, w_ref = r.one(), r.one(), r.one()
+    g_out_ref, g_cur_ref, g_read_ref = r.opt(want_out), r.opt(want_cur), r.one()
+    g_sT_refs, g_s0_refs, g_i_ref, g_p_refs = r.take(n_s), r.take(n_s), r.one(), r.rest()
+
+    shape = (tl.bB, tl.n_pad)
+    p_vals = [jnp.broadcast_to(ref[...], shape) for ref in p_refs]
+    s0 = [ref[...] for ref in s0_refs]
+    w_res = w_ref[...] if resident else None
     chunked = tl.n_chunks > 1
-    masked = tl.T_pad > tl.T
-    nc = tl.n_chunks
-    spike_res = [dt == jnp.int8 for dt in res_dtypes]
+    c = pl.program_id(1) if chunked else 0
+    chunk = tl.n_chunks - 1 - c          # reverse time
+    g_s, g_p = carry_start(chunked, c, g_s0_refs, g_sT_refs, g_p_refs)
+    spike_res = [jnp.dtype(dt) == jnp.dtype(jnp.int8) for dt in res_dtypes]
 
-    def kernel(*refs):
-        refs = list(refs)
-        p_refs = [refs.pop(0) for _ in range(n_p)]
-        s0_refs = [refs.pop(0) for _ in range(n_s)]
-        res_refs = [refs.pop(0) for _ in range(n_s - 1)]
-        cur_ref, read_ref, w_ref = refs.pop(0), refs.pop(0), refs.pop(0)
-        g_out_ref = refs.pop(0) if want_out else None
-        g_cur_ref = refs.pop(0) if want_cur else None
-        g_read_ref = refs.pop(0)
-        g_sT_refs = [refs.pop(0) for _ in range(n_s)]
-        g_s0_refs = [refs.pop(0) for _ in range(n_s)]
-        g_i_ref = refs.pop(0)
-        g_p_refs = refs
+    def f(d, s, x):
+        return step(combine(d), s, x)
 
-        shape = (tl.bB, tl.n_pad)
-        p_vals = [jnp.broadcast_to(r[...], shape) for r in p_refs]
-        s0 = [r[...] for r in s0_refs]
-        w_res = w_ref[...] if resident else None
-        c = pl.program_id(1) if chunked else 0
-        chunk = nc - 1 - c          # reverse time
-        g_s, g_p = _carry_start(chunked, c, g_s0_refs, g_sT_refs, g_p_refs)
+    def body(i, carry):
+        g_s, g_p = carry
+        j = tl.tc - 1 - i
+        t = chunk * tl.tc + j
+        s = []
+        for k in range(n_s - 1):
+            v = res_refs[k][j].astype(s_dtypes[k])
+            if spike_res[k]:      # int8 0/1 in the residual; the user's exact state at t = 0
+                v = jnp.where(t == 0, s0[k], v)
+            s.append(v)
+        s.append(read_ref[j])
+        g_out = g_out_ref[j] if want_out else jnp.zeros(shape, out_dtype)
+        _, vjp = jax.vjp(f, p_vals, s, cur_ref[j])
+        dd, ds, di = vjp(([a.astype(dt) for a, dt in zip(g_s, s_dtypes)], g_out))
+        di = di.astype(jnp.float32)
+        if want_cur:
+            di = di + g_cur_ref[j].astype(jnp.float32)
+        ds = [a.astype(dt) for a, dt in zip(ds, s_dtypes)]
+        rec = _dot(di, w_res if resident else w_ref[...], dot_dtype, precision)
+        ds[-1] = ds[-1] + rec.astype(s_dtypes[-1]) + g_read_ref[j].astype(s_dtypes[-1])
+        if tl.T_pad > tl.T:
+            valid = t < tl.T
+            ds = keep_valid(valid, ds, g_s)
+            dd = keep_valid(valid, dd, [jnp.zeros_like(a) for a in dd])
+            di = jnp.where(valid, di, jnp.zeros_like(di))
+        g_i_ref[j] = di
+        return ds, [a + b_.astype(a.dtype) for a, b_ in zip(g_p, dd)]
 
-        def f(d, s, x):
-            return step(combine(d), s, x)
+    g_s, g_p = jax.lax.fori_loop(0, tl.tc, body, (g_s, g_p))
+    store(g_s0_refs, g_s)
+    store(g_p_refs, g_p)
 
-        def body(i, carry):
-            g_s, g_p = carry
-            j = tl.tc - 1 - i
-            t = chunk * tl.tc + j
-            s = []
-            for k in range(n_s - 1):
-                v = res_refs[k][j].astype(s_dtypes[k])
-                if spike_res[k]:      # int8 0/1 in the residual; the user's exact state at t = 0
-                    v = jnp.where(t == 0, s0[k], v)
-                s.append(v)
-            s.append(read_ref[j])
-            x = cur_ref[j]
-            g_out = g_out_ref[j] if want_out else jnp.zeros(shape, out_dtype)
-            _, vjp = jax.vjp(f, p_vals, s, x)
-            dd, ds, di = vjp(([a.astype(dt) for a, dt in zip(g_s, s_dtypes)], g_out))
-            di = di.astype(jnp.float32)
-            if want_cur:
-                di = di + g_cur_ref[j].astype(jnp.float32)
-            ds = [a.astype(dt) for a, dt in zip(ds, s_dtypes)]
-            rec = _dot(di, w_res if resident else w_ref[...], dot_dtype, precision)
-            ds[-1] = ds[-1] + rec.astype(s_dtypes[-1]) + g_read_ref[j].astype(s_dtypes[-1])
-            if masked:
-                valid = t < tl.T
-                ds = _keep_valid(valid, ds, g_s)
-                dd = _keep_valid(valid, dd, [jnp.zeros_like(a) for a in dd])
-                di = jnp.where(valid, di, jnp.zeros_like(di))
-            g_i_ref[j] = di
-            return ds, [a + b_.astype(a.dtype) for a, b_ in zip(g_p, dd)]
 
-        g_s, g_p = jax.lax.fori_loop(0, tl.tc, body, (g_s, g_p))
-        _store(g_s0_refs, g_s)
-        _store(g_p_refs, g_p)
-
+def _backward_call(*, tl: RecLayout, step, combine, n_p, s_dtypes, cur_dtype, out_dtype, dot_dtype, res_dtypes,
+                   has_bias, resident, want_out, want_cur, interpret, precision, p_dtypes):
+    del cur_dtype, has_bias  # the backward kernel reads I_t as stored; the bias gradient is db = sum dI
+    rows, seq, whole, vec = _specs(tl, reverse=True)
+    n_s = len(s_dtypes)
     Bp, Np, Tp = tl.B_pad, tl.n_pad, tl.T_pad
     in_specs = [vec] * n_p + [rows] * n_s + [seq] * (n_s - 1) + [seq, seq, whole]
-    if want_out:
-        in_specs.append(seq)
-    in_specs += [seq] * (2 if want_cur else 1) + [rows] * n_s
+    in_specs += [seq] * (int(want_out) + int(want_cur) + 1) + [rows] * n_s
     out_shape = ([jax.ShapeDtypeStruct((Bp, Np), dt) for dt in s_dtypes]
                  + [jax.ShapeDtypeStruct((Tp, Bp, Np), jnp.float32)]
                  + [jax.ShapeDtypeStruct((Bp, Np), dt) for dt in p_dtypes])
-    out_specs = [rows] * n_s + [seq] + [rows] * n_p
+    kernel = functools.partial(_backward_kernel, tl=tl, step=step, combine=combine, n_p=n_p, s_dtypes=s_dtypes,
+                               out_dtype=out_dtype, dot_dtype=dot_dtype, res_dtypes=res_dtypes, resident=resident,
+                               want_out=want_out, want_cur=want_cur, precision=precision)
     return pl.pallas_call(kernel, out_shape=out_shape, grid=(tl.n_tiles, tl.n_chunks), in_specs=in_specs,
-                          out_specs=out_specs, compiler_params=_compiler_params(tl, interpret), interpret=interpret,
-                          name="snnkern_recurrent_bwd")
+                          out_specs=[rows] * n_s + [seq] + [rows] * n_p, compiler_params=compiler_params(tl, interpret),
+                          interpret=interpret, name="snnkern_recurrent_bwd")

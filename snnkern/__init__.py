@@ -6,7 +6,22 @@ chooses the path (also ``SNNKERN_BACKEND``); ``SNNKERN_STRICT=1`` turns fallback
 """
 from . import functional, snn, utils
 from .kernels.dispatch import BACKENDS, FallbackError, backend, strict
-from .plan import explain
+from .plan import Plan
+
+
+def explain(model, in_shape=None, T=None, dtype=None) -> Plan:
+    """The execution plan a call of ``model`` runs: components, the path of each (with its loop's
+    spec) and every fallback reason - the very plan the traced call makes.
+
+    ``in_shape``: the feature shape of one sample (a tuple, or a list of them for several external
+    inputs), or an input array ``(T, *in_shape)``; default: the shape a first ``Linear`` states.
+    ``T`` (default 1) and ``dtype`` (default float32) complete the abstract input; the decisions
+    do not depend on T beyond T > 0. Printing the result shows a table; ``plan.fallbacks`` lists
+    the reasons. The same errors as ``init_state`` for an ``in_shape`` that does not fit."""
+    import jax.numpy as jnp
+
+    return model.explain(in_shape, T=T, dtype=jnp.float32 if dtype is None else dtype)
+
 
 __version__ = "0.1.0"
 

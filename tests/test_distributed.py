@@ -166,7 +166,7 @@ def _worker():
         seen.clear()
         step = dist.data_parallel_step(loss_fn, opt, mesh, has_aux=True, aux="mean" if name == "ff" else "batch")
         compare(name, step, model, refs[name])
-        res[name]["plans"] = [(p.path, [s.path for c in p.components for s in c.steps], shape)
+        res[name]["plans"] = [(str(p.path), [s.describe() for s in p.steps], shape)
                               for p, shape in seen]
         lap(name)
 
@@ -218,7 +218,8 @@ def _pallas_in_shard_map(mesh):
     try:
         from snnkern.kernels import neuron_loop as xla_loops
         from snnkern.kernels import pallas_neuron
-        from snnkern.plan.runner import _neuron_step, _spike_idx
+        from snnkern.plan.planner import neuron_step as _neuron_step
+        _spike_idx = snn.LIF.binary_state_entries
     except ImportError as e:
         return {"skipped": f"{type(e).__name__}: {e}"}
     lif = snn.LIF([0.9, 0.8])
@@ -326,7 +327,8 @@ def test_compiled_step_all_reduces(results, name):
     assert results[name]["all_reduce"], "no all-reduce in the compiled step's HLO"
 
 
-@pytest.mark.parametrize("name,loop", [("ff", "xla-neuron-loop"), ("rec", "xla-recurrent-loop")])
+@pytest.mark.parametrize("name,loop", [("ff", "neuron loop (custom VJP) [xla]"),
+                                       ("rec", "recurrent loop (custom VJP) [xla]")])
 def test_planned_path_runs_per_shard(results, name, loop):
     """Inside shard_map the model is traced on its local batch (B/4 samples) and takes the
     planned path with its fused XLA loops (strict mode: a fallback would have raised)."""

@@ -46,6 +46,7 @@ from hypothesis import strategies as st
 import snnkern
 from snnkern import snn
 from snnkern.functional.surrogate import piecewise_surrogate, sigmoid_surrogate, superspike_surrogate
+from snnkern.plan.protocol import is_compound
 
 f32 = np.float32
 
@@ -153,7 +154,7 @@ def is_neuron(layer) -> bool:
 
 def iter_neurons(layer, state):
     """(neuron, its state) for every neuron in ``layer`` (recursing into compounds / Parallels)."""
-    if getattr(layer, "is_compound", False):
+    if is_compound(layer):
         for sub, st_ in zip(layer.layers, state):
             yield from iter_neurons(sub, st_)
     elif isinstance(layer, snn.Parallel) and layer.has_state:
@@ -179,7 +180,7 @@ def perturb_states(model, states, rng):
     any state; the planned paths must treat the initial state exactly)."""
 
     def walk(layer, state):
-        if getattr(layer, "is_compound", False):
+        if is_compound(layer):
             return [walk(sub, s) for sub, s in zip(layer.layers, state)]
         if is_neuron(layer):
             sp = spike_index(layer)
@@ -345,7 +346,8 @@ def check_equivalent(model, states, x, key, burnin=0, batched=False, grads=True)
     """Assert the planned path equals the reference (see the module docstring). Returns the
     reference ``(finals, outs, grads)`` and whether a legitimate near-threshold flip happened."""
     with snnkern.backend("xla"):
-        assert snnkern.explain(model).path == "planned"
+        one = jax.tree.map(lambda a: a[0], x) if batched else x      # explain() takes one sample
+        assert snnkern.explain(model, one).path == "planned"
     r_f, r_o, r_g = run_path("reference", model, states, x, key, burnin, batched, grads)
     p_f, p_o, p_g = run_path("xla", model, states, x, key, burnin, batched, grads)
     if _close(r_o, p_o) and _close(r_f, p_f):
@@ -466,7 +468,7 @@ def run_case(model, in_shape, run: Run, check_fire=False):
         x = [batch_data((run.T,) + tuple(s), run.seed + k, run.batched) for k, s in enumerate(in_shape)]
     else:
         x = batch_data((run.T,) + tuple(in_shape), run.seed, run.batched)
-    note(f"{run}\n{snnkern.explain(model)}")
+    note(f"{run}\n{snnkern.explain(model, in_shape)}")
     if check_fire:
         assert_fires(model, states, x, k_call, run.batched)
     res, flipped = check_equivalent(model, states, x, k_call, burnin=run.burnin, batched=run.batched)
@@ -568,7 +570,7 @@ def test_random_recurrent_feedback_none(spec, spec2, variant, run):
     else:   # CompoundLayer([Linear(n, n), neuron]) receives x_t + its own output_{t-1} (summed)
         layers = [linear(nin, n, k[0]), snn.CompoundLayer([linear(n, n, k[1], gain=1.0), make_neuron(spec, (n,), rng)])]
     model = snn.SequentialLocalFeedback(layers, feedback_layers=None)
-    assert any(c.cyclic for c in snnkern.explain(model).components)
+    assert any(c.cyclic for c in snnkern.explain(model, (nin,)).components)
     run_case(model, (nin,), run)
 
 

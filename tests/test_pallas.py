@@ -35,7 +35,12 @@ from snnkern import snn
 from snnkern.kernels import dispatch
 from snnkern.kernels import neuron_loop as NL
 from snnkern.kernels import pallas_neuron as PN
-from snnkern.plan.runner import _neuron_step, _spike_idx
+from snnkern.kernels.tiling import NeuronTiling, layout_target
+from snnkern.plan.planner import neuron_step as _neuron_step
+
+
+def _spike_idx(layer):
+    return layer.binary_state_entries()
 
 _ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:      # `pytest` (not `python -m pytest`) does not put the root on the path
@@ -174,11 +179,10 @@ def test_unbroadcastable_params_fall_back_to_xla():
 
     params = {"w": jnp.ones((4,))}
     xs = jnp.ones((5, 3))
-    got = PN.neuron_loop(step, params, [jnp.zeros(3)], xs, interpret=True)
-    ref = NL.neuron_loop(step, params, [jnp.zeros(3)], xs)
-    assert_trees_close(got, ref, 0.0)
-    with snnkern.strict(), pytest.raises(dispatch.FallbackError, match="broadcast"):
+    assert "broadcast" in PN.unsupported(step, params, [jnp.zeros(3)], xs, "cpu")
+    with pytest.raises(ValueError, match="broadcast"):        # the kernel never chooses another path
         PN.neuron_loop(step, params, [jnp.zeros(3)], xs, interpret=True)
+    assert NL.neuron_loop(step, params, [jnp.zeros(3)], xs)[1].shape == (5, 3)   # the XLA loop takes it
 
 
 # ================================================================================================
@@ -186,21 +190,21 @@ def test_unbroadcastable_params_fall_back_to_xla():
 
 
 def test_tiling_rules():
-    gpu = PN.tiling(100, 5000, "gpu")
+    gpu = NeuronTiling("gpu").layout(100, 5000)
     assert gpu.L == 128 and gpu.rb & (gpu.rb - 1) == 0 and gpu.tc == 100 and gpu.R * gpu.L >= 5000
-    small = PN.tiling(7, 20, "gpu")
+    small = NeuronTiling("gpu").layout(7, 20)
     assert (small.L, small.rb, small.R) == (32, 1, 1)                  # 20 neurons -> one 32-lane row
-    tpu = PN.tiling(100, 5000, "tpu", block_n=1024)
+    tpu = NeuronTiling("tpu", block_n=1024).layout(100, 5000)
     assert tpu.L == 128 and tpu.rb % 8 == 0 and tpu.R % tpu.rb == 0 and tpu.T_pad % tpu.tc == 0
-    assert PN.tiling(100, 300, "tpu").rb == 3                          # one tile spanning all rows
-    anyp = PN.tiling(100, 300, "any")
+    assert NeuronTiling("tpu").layout(100, 300).rb == 3                          # one tile spanning all rows
+    anyp = NeuronTiling("any").layout(100, 300)
     assert anyp.L == 128 and anyp.rb == 4 and anyp.tc == 100           # valid for Triton and Mosaic
     with pytest.raises(ValueError, match="power of 2"):
-        PN.tiling(10, 100, "gpu", block_n=96)
+        NeuronTiling("gpu", block_n=96).layout(10, 100)
     with pytest.raises(ValueError, match="1024"):
-        PN.tiling(10, 5000, "tpu", block_n=512)
+        NeuronTiling("tpu", block_n=512).layout(10, 5000)
     with pytest.raises(ValueError, match="block_t"):
-        PN.tiling(10, 100, "gpu", block_t=5)
+        NeuronTiling("gpu", block_t=5).layout(10, 100)
 
 
 def test_eligible():
@@ -214,11 +218,11 @@ def test_eligible():
     assert "platform" in PN.eligible((5, 3), jnp.float32, "metal")
 
 
-def test_target_platform():
-    assert PN.target_platform("cuda") == "gpu" and PN.target_platform("tpu") == "tpu"
-    assert PN.target_platform("cpu") == "any"
+def test_layout_target():
+    assert layout_target("cuda") == "gpu" and layout_target("tpu") == "tpu"
+    assert layout_target("cpu") == "any"
     with jax.sharding.use_abstract_mesh(_abstract_mesh("cuda")):
-        assert PN.target_platform() == "gpu"
+        assert layout_target() == "gpu"
 
 
 # ================================================================================================

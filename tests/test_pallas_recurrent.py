@@ -34,7 +34,15 @@ from snnkern.functional.surrogate import sigmoid_surrogate, superspike_surrogate
 from snnkern.kernels import dispatch
 from snnkern.kernels import neuron_loop as NL
 from snnkern.kernels import pallas_recurrent as PR
-from snnkern.plan.runner import _neuron_step, _spike_idx
+from snnkern.kernels import recurrent as REC
+from snnkern.kernels.spec import Impl
+from snnkern.kernels.tiling import RecTiling
+from snnkern.plan import Path
+from snnkern.plan.planner import neuron_step as _neuron_step
+
+
+def _spike_idx(layer):
+    return layer.binary_state_entries()
 from test_pallas import CUSTOM_CALL, _abstract_mesh, assert_trees_close
 
 FWD_ATOL = 1e-5
@@ -94,7 +102,7 @@ def loop_one(layer, impl, want_out=True, want_cur=True):
             sT, o, c, r = oracle_one(layer, *a, want_out=want_out)
             return sT, o, c if want_cur else c[-1:], r
         return f
-    return lambda p, st, ff, w, b: NL.recurrent_loop(step, p, st, ff, w, b, sidx, want_out=want_out, impl=impl,
+    return lambda p, st, ff, w, b: REC.recurrent_loop(step, p, st, ff, w, b, sidx, want_out=want_out, impl=impl,
                                                      want_cur=want_cur)
 
 
@@ -277,31 +285,28 @@ def test_pallas_w_read_every_step(monkeypatch):
     check("LIF", pallas())
 
 
-def test_pallas_fallback_when_too_large(monkeypatch, caplog):
+def test_pallas_kernel_raises_when_too_large(monkeypatch):
+    # the planner keeps such a layer on XLA (test_plan_checks_the_recurrent_size_limit); the kernel
+    # itself never falls back: handed a loop it cannot take, it raises
     monkeypatch.setattr(PR, "MAX_N", 32)
     layer, p, st, ff, w, b = problem("LIF", n=37)
-    with caplog.at_level(logging.INFO, logger="snnkern"):
-        got = loss_fn(layer, pallas())(p, st, ff, w, b)
-    assert any("W_rec does not fit" in r.getMessage() for r in caplog.records)
-    ref = loss_fn(layer, None)(p, st, ff, w, b)
-    assert_trees_close(got, ref, 0.0, what="fallback is the XLA loop")
-    with snnkern.strict(), pytest.raises(dispatch.FallbackError, match="W_rec"):
+    with pytest.raises(ValueError, match="W_rec does not fit"):
         loss_fn(layer, pallas())(p, st, ff, w, b)
 
 
 def test_rec_tiling_and_eligible():
-    g = PR.rec_tiling(100, 3, 37, "gpu")
+    g = RecTiling("gpu").layout(100, 3, 37)
     assert (g.bB, g.B_pad, g.n_pad, g.tc) == (16, 16, 64, 100)
-    g = PR.rec_tiling(10, 100, 300, "gpu", block_b=32)
+    g = RecTiling("gpu", block_b=32).layout(10, 100, 300)
     assert (g.bB, g.B_pad, g.n_pad, g.n_tiles) == (32, 128, 512, 4)
-    t = PR.rec_tiling(100, 20, 300, "tpu")
+    t = RecTiling("tpu").layout(100, 20, 300)
     assert t.bB % 8 == 0 and t.n_pad == 384 and t.tc == 64 and t.T_pad == 128 and t.B_pad % t.bB == 0
-    a = PR.rec_tiling(100, 3, 37, "any")
+    a = RecTiling("any").layout(100, 3, 37)
     assert (a.bB, a.n_pad, a.tc) == (16, 128, 100)
     with pytest.raises(ValueError, match="power of 2"):
-        PR.rec_tiling(10, 4, 8, "gpu", block_b=24)
+        RecTiling("gpu", block_b=24).layout(10, 4, 8)
     with pytest.raises(ValueError, match="multiple of 8"):
-        PR.rec_tiling(10, 4, 8, "tpu", block_b=12)
+        RecTiling("tpu", block_b=12).layout(10, 4, 8)
     assert PR.eligible(10, 256, jnp.float32, "cuda") is None
     assert PR.eligible(10, 1024, jnp.bfloat16, "tpu") is None
     assert "1025" in PR.eligible(10, 1025, jnp.float32, "cuda")
@@ -318,18 +323,17 @@ def test_auto_picks_pallas_on_accelerators(monkeypatch):
     monkeypatch.delenv("SNNKERN_BACKEND", raising=False)
     monkeypatch.delenv("SNNKERN_AUTO_PALLAS", raising=False)
     for plat in ("gpu", "cuda", "tpu"):
-        assert dispatch.choose_neuron_backend("x", plat) == dispatch.Choice("pallas")
-        assert dispatch.choose_recurrent_backend("x", plat) == dispatch.Choice("pallas")
-    assert dispatch.choose_neuron_backend("x", "cpu") == dispatch.Choice("xla")
+        assert dispatch.choose_impl("x", plat) == dispatch.Choice(Impl.PALLAS)
+    assert dispatch.choose_impl("x", "cpu") == dispatch.Choice(Impl.XLA)
     monkeypatch.setenv("SNNKERN_AUTO_PALLAS", "0")
-    assert dispatch.choose_neuron_backend("x", "gpu") == dispatch.Choice("xla")
+    assert dispatch.choose_impl("x", "gpu") == dispatch.Choice(Impl.XLA)
     monkeypatch.delenv("SNNKERN_AUTO_PALLAS")
-    c = dispatch.choose_neuron_backend("x", "metal")
-    assert c.path == "xla" and "metal" in c.reason
+    c = dispatch.choose_impl("x", "metal")
+    assert c.impl is Impl.XLA and "metal" in c.reason
     with snnkern.strict(), pytest.raises(dispatch.FallbackError, match="metal"):
-        dispatch.choose_neuron_backend("x", "metal")
+        dispatch.choose_impl("x", "metal")
     with snnkern.backend("xla"):
-        assert dispatch.choose_recurrent_backend("x", "gpu") == dispatch.Choice("xla")
+        assert dispatch.choose_impl("x", "gpu") == dispatch.Choice(Impl.XLA)
 
 
 def test_plan_checks_the_recurrent_size_limit(keys, monkeypatch):
@@ -338,18 +342,26 @@ def test_plan_checks_the_recurrent_size_limit(keys, monkeypatch):
     monkeypatch.setattr(PR, "MAX_N", 16)
     with snnkern.backend("pallas-interpret"):
         plan = snnkern.explain(rec_model(keys, n=24), (5,))
-        rec = [s for c in plan.components for s in c.steps if "recurrent" in s.path][0]
-        assert rec.path.startswith("xla") and "W_rec does not fit" in rec.reason
+        rec = [s for s in plan.steps if s.path is Path.RECURRENT_LOOP][0]
+        assert rec.impl is Impl.XLA and "W_rec does not fit" in rec.reason
         with snnkern.strict(), pytest.raises(dispatch.FallbackError, match="W_rec"):
             snnkern.explain(rec_model(keys, n=24), (5,))
-    assert dispatch.choose_recurrent_backend("x", "gpu", n=8) == dispatch.Choice("pallas")
+        small = [s for s in snnkern.explain(rec_model(keys, n=8), (5,)).steps if s.path is Path.RECURRENT_LOOP][0]
+        assert small.impl is Impl.PALLAS_INTERPRET and small.reason is None and small.spec.tiling is not None
 
 
-def test_recurrent_impl_routing():
-    assert dispatch.recurrent_impl("xla") is NL.recurrent_batched
-    f = dispatch.recurrent_impl("pallas-interpret")
-    assert f.func is PR.recurrent_batched and f.keywords == {"interpret": True}
-    assert dispatch.recurrent_impl("pallas").keywords == {"interpret": False}
+def test_recurrent_spec_routing(keys, monkeypatch):
+    # the runner hands the planned spec to the loop: the Pallas kernel gets the planned tiling
+    seen = []
+    orig = PR.recurrent_batched
+    monkeypatch.setattr(PR, "recurrent_batched", lambda *a, **kw: seen.append(kw) or orig(*a, **kw))
+    model = rec_model(keys, n=8)
+    with snnkern.backend("pallas-interpret"):
+        spec = [s for s in snnkern.explain(model, (5,)).steps if s.path is Path.RECURRENT_LOOP][0].spec
+        x = jnp.ones((3, 6, 5))
+        eqx.filter_vmap(model, in_axes=(None, 0, None))(model.init_state((5,), keys[2]), x, keys[2])
+    assert seen and seen[0]["interpret"] is True and seen[0]["tiling"] == spec.tiling
+    assert seen[0]["resident"] == spec.resident_w
 
 
 # ================================================================================================
@@ -374,8 +386,8 @@ def test_model_recurrent_pallas_interpret_matches_reference(keys, monkeypatch):
     model = rec_model(keys)
     with snnkern.backend("pallas-interpret"):
         plan = snnkern.explain(model, (5,))
-    rec = [s for c in plan.components for s in c.steps if "recurrent" in s.path]
-    assert rec and rec[0].path.startswith("pallas-interpret") and rec[0].reason is None, str(plan)
+    rec = [s for s in plan.steps if s.path is Path.RECURRENT_LOOP]
+    assert rec and rec[0].impl is Impl.PALLAS_INTERPRET and rec[0].reason is None, str(plan)
     st = model.init_state((5,), keys[3])
     xb = 2.0 * jax.random.uniform(keys[4], (4, 15, 5))
 
@@ -477,10 +489,11 @@ def test_auto_backend_lowers_a_model_to_the_kernels(platform, keys, monkeypatch)
         plan = snnkern.explain(model)
         text = jax.jit(jax.value_and_grad(loss)).trace(params, xb).lower(lowering_platforms=(platform,)).as_text()
     assert plan.platform in ("gpu", "tpu") and not plan.fallbacks, str(plan)
-    paths = [s.path for c in plan.components for s in c.steps if "loop" in s.path]
-    assert paths and all(p.startswith("pallas-") for p in paths), str(plan)
+    loops = [s for s in plan.steps if s.path.is_loop]
+    assert loops and all(s.impl is Impl.PALLAS and s.spec.tiling.target == ("gpu" if platform == "cuda" else "tpu")
+                         for s in loops), str(plan)
     assert text.count(CUSTOM_CALL[platform]) == 4
     assert "snnkern_recurrent_fwd" in text and "snnkern_recurrent_bwd" in text
     assert "snnkern_neuron_fwd" in text and "snnkern_neuron_bwd" in text
     # and on this CPU host, outside the abstract mesh, auto stays on XLA
-    assert all(s.path.startswith(("xla", "batched")) for c in snnkern.explain(model).components for s in c.steps)
+    assert all(s.impl in (None, Impl.XLA) for s in snnkern.explain(model).steps)

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import snnkern
+from snnkern.plan import Impl, Kind, Path
 from snnkern import snn
 from snnkern.plan.graph import components
 
@@ -114,13 +115,13 @@ def test_explain_sequential():
         assert len(c.steps) == 1
         step = c.steps[0]
         assert step.reason is None
-        if c.kind == "neuron":
-            assert step.path.startswith("xla-neuron-loop"), step.path
+        if c.kind is Kind.NEURON:
+            assert step.path is Path.NEURON_LOOP and step.impl is Impl.XLA, step
         else:
-            assert step.path.startswith("batched"), step.path
+            assert step.path is Path.BATCHED and step.spec is None, step
     # the table names every component and path
     text = str(plan)
-    assert "planned" in text and "xla-neuron-loop" in text and "batched" in text
+    assert "planned" in text and "neuron loop (custom VJP) [xla]" in text and "batched" in text
     for i, name in enumerate(["Linear", "LayerNorm", "LIF", "Linear", "SimpleLIF"]):
         assert f"layer {i} ({name})" in text
 
@@ -130,7 +131,7 @@ def test_explain_default_backend_on_cpu_is_xla_without_fallback():
         pytest.skip("auto resolves to xla on CPU only")
     plan = snnkern.explain(seq_model())
     assert plan.backend == "auto" and plan.path == "planned" and plan.fallbacks == []
-    assert all(s.path.startswith(("xla", "batched")) for c in plan.components for s in c.steps)
+    assert all(s.impl in (None, Impl.XLA) for s in plan.steps) and any(s.impl is Impl.XLA for s in plan.steps)
 
 
 def test_explain_compound_lists_its_sub_layers():
@@ -141,8 +142,8 @@ def test_explain_compound_lists_its_sub_layers():
     assert [c.kind for c in plan.components] == ["compound", "stateless", "neuron"]
     steps = plan.components[0].steps
     assert len(steps) == 3
-    assert steps[0].path.startswith("batched") and steps[1].path.startswith("batched")
-    assert steps[2].path.startswith("xla-neuron-loop")
+    assert steps[0].path is Path.BATCHED and steps[1].path is Path.BATCHED
+    assert steps[2].path is Path.NEURON_LOOP and steps[2].impl is Impl.XLA and steps[2].address == (0, 2)
     assert "sub 2 (LIF)" in steps[2].where
 
 
@@ -152,8 +153,8 @@ def test_explain_recurrent_compound():
     assert [c.kind for c in plan.components] == ["recurrent-compound", "stateless", "neuron"]
     rec = plan.components[0]
     assert rec.layers == (0,) and rec.cyclic
-    assert any(s.path.startswith("batched") for s in rec.steps)
-    assert any("recurrent-loop" in s.path for s in rec.steps)
+    assert [s.path for s in rec.steps] == [Path.GEMM, Path.RECURRENT_LOOP]
+    assert rec.loop.impl is Impl.XLA
     assert all(s.reason is None for s in rec.steps)
 
 
@@ -424,11 +425,11 @@ def test_pallas_backend_runs_or_falls_back_with_reason(name, build):
     with snnkern.backend(name):
         plan = snnkern.explain(model, (3,))
         jaxpr = _jaxpr(model)
-    kernel_steps = [s for c in plan.components for s in c.steps if "loop" in s.path]
+    kernel_steps = [s for s in plan.steps if s.path.is_loop]
     assert kernel_steps
-    fell_back = [s for s in kernel_steps if not s.path.startswith("pallas")]
+    fell_back = [s for s in kernel_steps if not s.impl.is_pallas]
     for s in fell_back:
-        assert s.path.startswith("xla"), s.path
+        assert s.impl is Impl.XLA, s
         assert isinstance(s.reason, str) and s.reason.strip(), "a fallback must say why"
     if len(fell_back) < len(kernel_steps):
         assert "pallas_call" in jaxpr, "the plan says Pallas but the traced program has no pallas_call"

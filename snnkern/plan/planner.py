@@ -1,80 +1,64 @@
-"""Execution plans (SPEC §9): which path runs each component of a model, and why.
+"""Make a model's execution plan, with its shapes (docs/plans.md).
 
 Because every edge is delayed by one step, a model can run layer-major: the strongly connected
 components of the layer graph run one after another in topological order, each over the whole
-sequence. The plan is a pure function of the model's structure, its layer types and the backend;
-it holds no arrays. :func:`explain` renders it.
+sequence. :func:`make_plan` decides every path here, once, from the layers and the abstract
+inputs (shapes, dtypes, the platform being traced for): every eligibility rule of every loop is
+asked before anything is traced, and every fallback is a field of the plan.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+import functools as ft
+import operator
+from typing import List, Optional, Sequence
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 
 from snnkern.kernels import dispatch
 
 from .graph import components
-from .protocol import is_compound, is_neuron, is_stateful, takes_input_list
+from .protocol import (call_layer, is_compound, is_neuron, is_stateful, layer_output, merge_inputs,
+                       takes_input_list)
+from .types import Component, Kind, Path, Plan, PlanPath, Step
 
-__all__ = ["Step", "Component", "Plan", "make_plan", "explain", "recurrent_pattern"]
+__all__ = ["make_plan", "recurrent_pattern", "neuron_step", "float_input", "recorded_plans"]
 
-
-@dataclass(frozen=True)
-class Step:
-    """How one layer (or sub-layer) runs over the sequence."""
-
-    where: str          # "layer 2 (LIF)" or "layer 0 (CompoundLayer) sub 1 (LIF)"
-    path: str           # batched | xla-neuron-loop | pallas-neuron-loop | scan | ...
-    reason: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class Component:
-    layers: Tuple[int, ...]
-    cyclic: bool
-    kind: str           # stateless | neuron | compound | recurrent-compound | cycle | stateful
-    steps: Tuple[Step, ...]
-    backend: str = "xla"
-
-
-@dataclass(frozen=True)
-class Plan:
-    path: str                               # "planned" or "reference"
-    components: Tuple[Component, ...] = ()
-    reason: Optional[str] = None             # why the reference path runs
-    backend: str = "auto"
-    notes: Tuple[str, ...] = field(default=())
-    platform: str = ""                       # what it was planned for (an abstract device's, or the default)
-
-    @property
-    def fallbacks(self) -> List[str]:
-        out = [self.reason] if self.reason else []
-        for c in self.components:
-            out += [f"{s.where}: {s.reason}" for s in c.steps if s.reason]
-        return out
-
-    def __str__(self) -> str:
-        lines = [f"snnkern plan: {self.path} path (backend requested: {self.backend}, "
-                 f"platform: {self.platform or jax.default_backend()})"]
-        if self.reason:
-            lines.append(f"  reason: {self.reason}")
-        for n, c in enumerate(self.components):
-            ids = ",".join(str(i) for i in c.layers)
-            lines.append(f"  component {n}: layers [{ids}] {c.kind}{' (cycle)' if c.cyclic else ''}")
-            for s in c.steps:
-                extra = f"  <- fallback: {s.reason}" if s.reason else ""
-                lines.append(f"    {s.where:<44} {s.path}{extra}")
-        for note in self.notes:
-            lines.append(f"  note: {note}")
-        return "\n".join(lines)
-
-    __repr__ = __str__
+_KEY = jax.random.PRNGKey(0)   # stateless layers' output shapes do not depend on the key
 
 
 def _name(i, layer) -> str:
     return f"layer {i} ({type(layer).__name__})"
+
+
+def _aval(x):
+    return jax.ShapeDtypeStruct(tuple(jnp.shape(x)), jnp.result_type(x))
+
+
+def float_input(x):
+    """A neuron loop's input in a floating dtype (integer spikes are read as float32)."""
+    return x if jnp.issubdtype(x.dtype, jnp.inexact) else x.astype(jnp.float32)
+
+
+def _float_aval(x):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.float32)
+
+
+def _keep_dtypes(new, old):
+    return jax.tree.map(lambda n, o: n.astype(o.dtype) if hasattr(o, "dtype") else n, new, old)
+
+
+def neuron_step(layer):
+    """The neuron's step with its arrays stripped (it must read parameters only from ``params``),
+    keeping the carry dtypes stable."""
+    stripped = eqx.filter(layer, eqx.is_array, inverse=True)
+
+    def step(p, s, x):
+        ns, out = stripped.step(p, s, x)
+        return _keep_dtypes(ns, s), out
+
+    return step
 
 
 def recurrent_pattern(layer, n_inputs: int, self_pos: int) -> Optional[str]:
@@ -83,7 +67,7 @@ def recurrent_pattern(layer, n_inputs: int, self_pos: int) -> Optional[str]:
     if not is_compound(layer):
         return f"a {type(layer).__name__} in a cycle is not a recognised recurrent chain"
     subs = layer.layers
-    if len(subs) != 2 or not takes_input_list(subs[0]) or not is_neuron(subs[1]):
+    if len(subs) != 2 or not takes_input_list(subs[0]) or is_compound(subs[0]) or not is_neuron(subs[1]):
         kinds = ", ".join(type(s).__name__ for s in subs)
         return (f"CompoundLayer([{kinds}]) is not CompoundLayer([Parallel([...]), neuron]); "
                 f"it runs as a per-step loop")
@@ -92,80 +76,142 @@ def recurrent_pattern(layer, n_inputs: int, self_pos: int) -> Optional[str]:
         return "a Parallel branch is stateful"
     if self_pos != n_inputs - 1 or len(branches) != n_inputs:
         return "the self-edge does not arrive at the last Parallel branch"
+    if n_inputs < 2:
+        return "the recurrent compound has no feed-forward branch"
     rec = branches[-1]
-    if not isinstance(rec, eqx.nn.Linear) or rec.in_features == "scalar" or rec.out_features == "scalar":
-        return f"the recurrent branch is a {type(rec).__name__}, not a vector Linear"
+    if type(rec) is not eqx.nn.Linear or rec.in_features == "scalar" or rec.out_features == "scalar":
+        return f"the recurrent branch is a {type(rec).__name__}, not a vector eqx.nn.Linear"
     if rec.in_features != rec.out_features:
         return f"the recurrent Linear is {rec.in_features}->{rec.out_features}, not square"
     return None
 
 
-_NEURON_LOOP = "-neuron-loop (custom VJP)"
+class _Planner:
+    """The abstract values a plan is made from: per-step inputs of every layer."""
 
+    def __init__(self, struct, layers, xs, states, platform: str):
+        self.struct, self.layers, self.states, self.platform = struct, layers, states, platform
+        self.T = int(xs[0].shape[0])
+        self.x_step = [jax.ShapeDtypeStruct(tuple(x.shape[1:]), x.dtype) for x in xs]
+        # what consumers read: the source's state[-1], in its dtype (the runner keeps it)
+        self.reads = [_aval(layer_output(layers[j], states[j])) for j in range(struct.num_layers)]
+        self.consumed = {j for srcs in struct.input_connectivity for j in srcs}
+        self.final = set(struct.final_layer_ids)
 
-def _layer_steps(where: str, layer) -> Tuple[Step, ...]:
-    """Steps of a layer run over the whole sequence (not part of a cycle)."""
-    if is_compound(layer):
-        return sum((_layer_steps(f"{where} sub {m} ({type(s).__name__})", s) for m, s in enumerate(layer.layers)), ())
-    if not is_stateful(layer):
-        return (Step(where, "batched over T (one call)"),)
-    if is_neuron(layer):
-        choice = dispatch.choose_neuron_backend(where)
-        return (Step(where, f"{choice.path}{_NEURON_LOOP}", choice.reason),)
-    reason = dispatch.fallback(where, "scan (autodiff)", f"{type(layer).__name__} has no step function to fuse").reason
-    return (Step(where, "scan (autodiff)", reason),)
+    def input_values(self, i) -> list:
+        return ([self.x_step[e] for e in self.struct.input_layer_ids[i]]
+                + [self.reads[j] for j in self.struct.input_connectivity[i]])
 
+    def merged_input(self, i):
+        layer = self.layers[i]
+        return jax.eval_shape(lambda *v: merge_inputs(layer, list(v)), *self.input_values(i))
 
-def make_plan(model) -> Plan:
-    """The plan for ``model`` under the current backend settings (read now, at trace time)."""
-    requested = dispatch.current_backend()
-    if requested == "reference":
-        return Plan("reference", reason=None, backend=requested, platform=dispatch.tracing_platform())
-    custom = model.custom_loop_reason()
-    if custom is not None:
-        return Plan("reference", reason=dispatch.fallback("model", "reference", custom).reason, backend=requested,
-                    platform=dispatch.tracing_platform())
+    def seq(self, step_aval):
+        return jax.ShapeDtypeStruct((self.T,) + tuple(step_aval.shape), step_aval.dtype)
 
-    struct, layers = model.graph_structure, model.layers
-    comps = []
-    for ids, cyclic in components(struct.num_layers, struct.input_connectivity):
-        if not cyclic:
-            (i,) = ids
-            layer = layers[i]
-            kind = ("compound" if is_compound(layer) else "neuron" if is_neuron(layer)
-                    else "stateful" if is_stateful(layer) else "stateless")
-            steps = _layer_steps(_name(i, layer), layer)
-            chosen = [s.path[:-len(_NEURON_LOOP)] for s in steps if s.path.endswith(_NEURON_LOOP)]
-            comps.append(Component(ids, False, kind, steps, backend=chosen[0] if chosen else "xla"))
-            continue
+    # -- one layer outside any cycle -------------------------------------------------------------
+
+    def layer_component(self, i) -> Component:
+        layer = self.layers[i]
+        kind = (Kind.COMPOUND if is_compound(layer) else Kind.NEURON if is_neuron(layer)
+                else Kind.STATEFUL if is_stateful(layer) else Kind.STATELESS)
+        steps, _ = self.layer_steps(_name(i, layer), (i,), layer, self.states[i], self.merged_input(i),
+                                    want_out=i in self.final, want_read=i in self.consumed, top=True)
+        return Component((i,), False, kind, steps)
+
+    def layer_steps(self, where, address, layer, state, x, want_out=True, want_read=False, top=False):
+        """Steps of ``layer`` run over the whole sequence, and its per-step output aval."""
+        if is_compound(layer):
+            steps = ()
+            for m, sub in enumerate(layer.layers):
+                s, x = self.layer_steps(f"{where} sub {m} ({type(sub).__name__})", address + (m,), sub, state[m], x)
+                steps += s
+            return steps, x
+        out = jax.eval_shape(lambda s, v: call_layer(layer, s, v, _KEY)[1], state, x)
+        if not is_stateful(layer):
+            return (Step(where, Path.BATCHED, address),), out
+        if is_neuron(layer):
+            spec, reason = dispatch.plan_neuron_loop(
+                where, neuron_step(layer), layer.params(), state, self.seq(_float_aval(x)),
+                spike_idx=layer.binary_state_entries(), want_out=want_out or not top,
+                want_read=want_read and top, out_is_last_state=top and layer.output_is_last_state,
+                platform=self.platform)
+            return (Step(where, Path.NEURON_LOOP, address, spec, reason),), out
+        reason = dispatch.fallback(where, "scan (autodiff)", f"{type(layer).__name__} has no step function to fuse")
+        return (Step(where, Path.SCAN, address, reason=reason),), out
+
+    # -- cycles ------------------------------------------------------------------------------------
+
+    def cycle_component(self, ids) -> Component:
+        struct, layers = self.struct, self.layers
         why = "a cycle through several layers runs as one per-step loop"
         if len(ids) == 1:
             (i,) = ids
-            n_in = len(struct.input_layer_ids[i]) + len(struct.input_connectivity[i])
             srcs = list(struct.input_connectivity[i])
+            n_in = len(struct.input_layer_ids[i]) + len(srcs)
             self_pos = len(struct.input_layer_ids[i]) + srcs.index(i)
             why = recurrent_pattern(layers[i], n_in, self_pos) if srcs.count(i) == 1 else "several self-edges"
             if why is None:
-                where = _name(i, layers[i])
-                choice = dispatch.choose_recurrent_backend(where, n=layers[i].layers[0].layers[-1].in_features)
-                comps.append(Component(ids, True, "recurrent-compound", (
-                    Step(where + " feed-forward branches", "batched over T (one GEMM)"),
-                    Step(where + " recurrence + neuron", f"{choice.path}-recurrent-loop (custom VJP)",
-                         choice.reason)), backend=choice.path))
-                continue
+                return self.recurrent_component(i)
         names = ", ".join(_name(i, layers[i]) for i in ids)
-        reason = dispatch.fallback(names, "scan", why).reason
-        comps.append(Component(ids, True, "cycle", (Step(names, "scan of the component (autodiff)", reason),)))
-    return Plan("planned", tuple(comps), backend=requested, platform=dispatch.tracing_platform())
+        reason = dispatch.fallback(names, "scan", why)
+        return Component(tuple(ids), True, Kind.CYCLE, (Step(names, Path.COMPONENT_SCAN, tuple(ids), reason=reason),))
+
+    def recurrent_component(self, i) -> Component:
+        layer = self.layers[i]
+        par, neuron = layer.layers
+        where = _name(i, layer)
+        outside = self.input_values(i)[:-1]
+        ff = jax.eval_shape(lambda *v: ft.reduce(operator.add, [b(x, key=_KEY) for b, x in zip(par.layers[:-1], v)]),
+                            *outside)
+        rec = par.layers[-1]
+        want = i in self.final
+        spec, reason = dispatch.plan_recurrent_loop(
+            where + " recurrence + neuron", neuron_step(neuron), neuron.params(), self.states[i][1],
+            self.seq(_float_aval(ff)), rec.weight, rec.bias, spike_idx=neuron.binary_state_entries(),
+            want_out=want, want_cur=want, platform=self.platform)
+        return Component((i,), True, Kind.RECURRENT, (
+            Step(where + " feed-forward branches", Path.GEMM, (i, 0)),
+            Step(where + " recurrence + neuron", Path.RECURRENT_LOOP, (i,), spec, reason)))
 
 
-def explain(model, in_shape=None) -> Plan:
-    """The execution plan of ``model``: components, the path of each, and every fallback reason.
-
-    ``in_shape`` (optional) is checked against the model (the same errors as ``init_state``).
-    Printing the result shows a table; ``plan.fallbacks`` lists the reasons.
-    """
-    if in_shape is not None:
-        jax.eval_shape(lambda: model.init_state(in_shape, jax.random.PRNGKey(0)))
-    plan = make_plan(model)
+def make_plan(struct, layers: Sequence, xs: Sequence, states: Sequence, *,
+              reference_reason: Optional[str] = None) -> Plan:
+    """The plan for a model of ``layers`` over ``struct``, for one sample: ``xs`` the external
+    inputs ``(T, *in_shape)`` and ``states`` the layer states (arrays or ``jax.ShapeDtypeStruct`` s;
+    only shapes and dtypes are read), under the current backend settings (read now, at trace time).
+    ``reference_reason``: why the model must take the reference path (a custom forward_fn)."""
+    requested = dispatch.current_backend()
+    platform = dispatch.tracing_platform()
+    if requested == "reference":
+        plan = Plan(PlanPath.REFERENCE, backend=requested, platform=platform)
+    elif reference_reason is not None:
+        plan = Plan(PlanPath.REFERENCE, reason=dispatch.fallback("model", "reference", reference_reason),
+                    backend=requested, platform=platform)
+    else:
+        planner = _Planner(struct, list(layers), list(xs), list(states), platform)
+        comps = tuple(planner.cycle_component(ids) if cyclic else planner.layer_component(ids[0])
+                      for ids, cyclic in components(struct.num_layers, struct.input_connectivity))
+        plan = Plan(PlanPath.PLANNED, comps, backend=requested, platform=platform)
+    for rec in _recorders:
+        rec.append(plan)
     return plan
+
+
+# -- what the traced calls planned (tests compare it with explain()) ----------------------------
+
+_recorders: List[list] = []
+
+
+class recorded_plans:
+    """``with recorded_plans() as plans:`` collects every plan made inside the block (one per
+    traced model call), in order."""
+
+    def __enter__(self) -> List[Plan]:
+        self._plans: List[Plan] = []
+        _recorders.append(self._plans)
+        return self._plans
+
+    def __exit__(self, *exc) -> None:
+        _recorders.remove(self._plans)
+

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import jax.random as jrand
 
-from ..plan.protocol import call_layer, is_stateful, layer_output, read_from_out, takes_input_list
+from ..plan.protocol import (AbstractCompound, AbstractParallel, call_layer, is_stateful, layer_output,
+                             read_from_out)
 from .architecture import GraphStructure, StatefulModel, apply_stateless, default_forward_fn, init_layer
 from .layers.stateful import StatefulLayer, default_init_fn
 
@@ -88,7 +89,7 @@ class SequentialLocalFeedback(StatefulModel):
         return len(self.layers)
 
 
-class Parallel(eqx.Module):
+class Parallel(AbstractParallel):
     """Branches side by side: input k goes to branch k; the result is the sum of their outputs.
 
     ``Parallel(*layers)`` or ``Parallel(layers_list)``. Standalone: ``par([x0, x1, ...])``. As a
@@ -104,9 +105,8 @@ class Parallel(eqx.Module):
 
     @property
     def has_state(self) -> bool:
-        return any(is_stateful(b) for b in self.layers)
-
-    takes_input_list = True
+        """Whether a branch is stateful (then so is the Parallel)."""
+        return is_stateful(self)
 
     def _check_count(self, inputs):
         if not isinstance(inputs, (list, tuple)) or len(inputs) != len(self.layers):
@@ -162,7 +162,7 @@ class Parallel(eqx.Module):
         return [branch_states, out], out
 
 
-class CompoundLayer(StatefulLayer):
+class CompoundLayer(StatefulLayer, AbstractCompound):
     """Sub-layers chained *within* a time step (no delay), addressed as one layer.
 
     ``CompoundLayer(*layers)``, ``CompoundLayer(layers_list)`` or ``CompoundLayer(layers_list, init_fn)``.
@@ -173,8 +173,6 @@ class CompoundLayer(StatefulLayer):
 
     layers: list
 
-    is_compound = True
-
     def __init__(self, *layers, init_fn: Optional[Callable] = None):
         if len(layers) == 2 and isinstance(layers[0], (list, tuple)) and not isinstance(layers[1], eqx.Module):
             layers, init_fn = (layers[0],), layers[1]
@@ -182,13 +180,6 @@ class CompoundLayer(StatefulLayer):
             layers, init_fn = layers[:-1], layers[-1]
         self.layers = _layer_list("CompoundLayer", layers)
         super().__init__(init_fn=init_fn if init_fn is not None else default_init_fn)
-
-    @property
-    def takes_input_list(self) -> bool:
-        return takes_input_list(self.layers[0])
-
-    def output_of(self, state):
-        return layer_output(self.layers[-1], state[-1])
 
     def init_state(self, shape, key=None, *args, **kwargs) -> list:
         keys = jrand.split(jrand.PRNGKey(0) if key is None else key, len(self.layers))

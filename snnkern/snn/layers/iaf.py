@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ...functional.surrogate import SpikeFn
-from .stateful import clamp_decay, DEFAULT_SPIKE_FN, Neuron, StateShape, _decay_array, default_init_fn
+from .stateful import DEFAULT_SPIKE_FN, SpikingNeuron, StateShape, _decay_array, clamp_decay, default_init_fn
 
 __all__ = ["SimpleIAF", "IAF"]
 
@@ -20,24 +20,19 @@ def _leak_array(leak) -> jax.Array:
     return leak if isinstance(leak, jax.Array) else jnp.asarray(leak, dtype=jnp.float32)
 
 
-class SimpleIAF(Neuron):
+class SimpleIAF(SpikingNeuron):
     """IAF without synaptic current. State ``[mem, spk]``; returns ``([mem, spk], spk)``."""
 
     leak: jax.Array
-    threshold: Scalar
-    reset_val: Optional[Scalar]
-    spike_fn: SpikeFn = eqx.field(static=True)
-    stop_reset_grad: bool = eqx.field(static=True)
 
     state_names = ("mem", "spk")
-    spike_states = ("spk",)
 
     def __init__(self, leak: Scalar = 0.0, threshold: Scalar = 1.0, spike_fn: SpikeFn = DEFAULT_SPIKE_FN,
                  stop_reset_grad: bool = True, reset_val: Optional[Scalar] = None,
                  shape: Optional[StateShape] = None, init_fn: Optional[Callable] = default_init_fn):
         super().__init__(init_fn, shape)
-        self.leak, self.threshold, self.spike_fn = _leak_array(leak), threshold, spike_fn
-        self.stop_reset_grad, self.reset_val = bool(stop_reset_grad), reset_val
+        self.leak = _leak_array(leak)
+        self._init_spiking(spike_fn, threshold, stop_reset_grad, reset_val)
 
     def params(self) -> dict:
         return {"leak": self.leak, "threshold": self.threshold, "reset_val": self.reset_val}
@@ -51,18 +46,13 @@ class SimpleIAF(Neuron):
         return [mem, spk], spk
 
 
-class IAF(Neuron):
+class IAF(SpikingNeuron):
     """IAF with a synaptic current (``dc[0]`` is the synaptic factor). State ``[mem, syn, spk]``."""
 
     decay_constants: jax.Array
     leak: jax.Array
-    threshold: Scalar
-    reset_val: Optional[Scalar]
-    spike_fn: SpikeFn = eqx.field(static=True)
-    stop_reset_grad: bool = eqx.field(static=True)
 
     state_names = ("mem", "syn", "spk")
-    spike_states = ("spk",)
 
     def __init__(self, decay_constants, leak: Scalar = 0.0, threshold: Scalar = 1.0,
                  spike_fn: SpikeFn = DEFAULT_SPIKE_FN, stop_reset_grad: bool = True,
@@ -70,8 +60,8 @@ class IAF(Neuron):
                  shape: Optional[StateShape] = None):
         super().__init__(init_fn, shape)
         self.decay_constants = _decay_array("IAF", "decay_constants", decay_constants, 1, "[beta (synapse)]")
-        self.leak, self.threshold, self.spike_fn = _leak_array(leak), threshold, spike_fn
-        self.stop_reset_grad, self.reset_val = bool(stop_reset_grad), reset_val
+        self.leak = _leak_array(leak)
+        self._init_spiking(spike_fn, threshold, stop_reset_grad, reset_val)
 
     def params(self) -> dict:
         return {"beta": self.decay_constants[0], "leak": self.leak, "threshold": self.threshold,

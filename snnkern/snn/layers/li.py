@@ -16,6 +16,7 @@ class SimpleLI(Neuron):
     decay_constants: jax.Array
 
     state_names = ("mem",)
+    spike_states = ()
 
     def __init__(self, decay_constants, init_fn: Optional[Callable] = default_init_fn,
                  shape: Optional[StateShape] = None, key: Optional[jax.Array] = None):

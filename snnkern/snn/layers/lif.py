@@ -8,14 +8,14 @@ import jax
 import jax.numpy as jnp
 
 from ...functional.surrogate import SpikeFn
-from .stateful import clamp_decay, DEFAULT_SPIKE_FN, Neuron, StateShape, _decay_array, default_init_fn
+from .stateful import DEFAULT_SPIKE_FN, SpikingNeuron, StateShape, _decay_array, clamp_decay, default_init_fn
 
 __all__ = ["SimpleLIF", "LIF", "LIFSoftReset", "AdaptiveLIF"]
 
 Scalar = Union[float, jax.Array]
 
 
-class SimpleLIF(Neuron):
+class SimpleLIF(SpikingNeuron):
     """LIF without synaptic current. State ``[mem, spk]``; returns ``[[mem, spk], spk]``.
 
     ``a = clamp(.5, dc[0], 1)``; ``mem = a*mem + (1-a)*I``; ``spk = H(mem - threshold)``; reset by
@@ -23,23 +23,17 @@ class SimpleLIF(Neuron):
     """
 
     decay_constants: jax.Array
-    threshold: Scalar
-    reset_val: Optional[Scalar]
-    spike_fn: SpikeFn = eqx.field(static=True)
-    stop_reset_grad: bool = eqx.field(static=True)
 
     state_names = ("mem", "spk")
-    spike_states = ("spk",)
     returns_list = True
 
     def __init__(self, decay_constants, spike_fn: SpikeFn = DEFAULT_SPIKE_FN, threshold: Scalar = 1.0,
                  stop_reset_grad: bool = True, reset_val: Optional[Scalar] = None,
                  init_fn: Optional[Callable] = default_init_fn, shape: Optional[StateShape] = None,
-                 key: Optional[jax.Array] = None, **kwargs):
+                 key: Optional[jax.Array] = None):
         super().__init__(init_fn, shape)
         self.decay_constants = _decay_array("SimpleLIF", "decay_constants", decay_constants, 1, "[alpha]")
-        self.spike_fn, self.threshold = spike_fn, threshold
-        self.stop_reset_grad, self.reset_val = bool(stop_reset_grad), reset_val
+        self._init_spiking(spike_fn, threshold, stop_reset_grad, reset_val)
 
     def params(self) -> dict:
         return {"alpha": self.decay_constants[0], "threshold": self.threshold, "reset_val": self.reset_val}
@@ -54,7 +48,7 @@ class SimpleLIF(Neuron):
         return [mem, spk], spk
 
 
-class LIF(Neuron):
+class LIF(SpikingNeuron):
     """LIF with a synaptic current and a deferred reset. State ``[mem, syn, spk]``.
 
     The reset uses the previous step's spike and the membrane integrates the *old* synaptic current;
@@ -62,13 +56,8 @@ class LIF(Neuron):
     """
 
     decay_constants: jax.Array
-    threshold: Scalar
-    reset_val: Optional[Scalar]
-    spike_fn: SpikeFn = eqx.field(static=True)
-    stop_reset_grad: bool = eqx.field(static=True)
 
     state_names = ("mem", "syn", "spk")
-    spike_states = ("spk",)
     returns_list = True
 
     def __init__(self, decay_constants, spike_fn: SpikeFn = DEFAULT_SPIKE_FN, threshold: Scalar = 1.0,
@@ -78,8 +67,7 @@ class LIF(Neuron):
         super().__init__(init_fn, shape)
         self.decay_constants = _decay_array(type(self).__name__, "decay_constants", decay_constants, 2,
                                             "[alpha (membrane), beta (synapse)]")
-        self.spike_fn, self.threshold = spike_fn, threshold
-        self.stop_reset_grad, self.reset_val = bool(stop_reset_grad), reset_val
+        self._init_spiking(spike_fn, threshold, stop_reset_grad, reset_val)
 
     def params(self) -> dict:
         return {"alpha": self.decay_constants[0], "beta": self.decay_constants[1], "threshold": self.threshold,
@@ -106,20 +94,15 @@ class LIFSoftReset(LIF):
         return spk_prev if p["reset_val"] is None else p["reset_val"] * spk_prev
 
 
-class AdaptiveLIF(Neuron):
+class AdaptiveLIF(SpikingNeuron):
     """Adaptive LIF. State ``[mem, ada, spk]``; returns ``[[mem, ada_new, spk], spk]``."""
 
     decay_constants: jax.Array
     ada_decay_constant: jax.Array
     ada_step_val: jax.Array
     ada_coupling_var: jax.Array
-    threshold: Scalar
-    reset_val: Optional[Scalar]
-    spike_fn: SpikeFn = eqx.field(static=True)
-    stop_reset_grad: bool = eqx.field(static=True)
 
     state_names = ("mem", "ada", "spk")
-    spike_states = ("spk",)
     returns_list = True
 
     def __init__(self, decay_constants, ada_decay_constant=(0.8,), ada_step_val=(1.0,),
@@ -133,8 +116,7 @@ class AdaptiveLIF(Neuron):
         self.ada_decay_constant = _decay_array(n, "ada_decay_constant", ada_decay_constant, 1, "[beta]")
         self.ada_step_val = _decay_array(n, "ada_step_val", ada_step_val, 1, "[b]")
         self.ada_coupling_var = _decay_array(n, "ada_coupling_var", ada_coupling_var, 1, "[a]")
-        self.spike_fn, self.threshold = spike_fn, threshold
-        self.stop_reset_grad, self.reset_val = bool(stop_reset_grad), reset_val
+        self._init_spiking(spike_fn, threshold, stop_reset_grad, reset_val)
 
     def params(self) -> dict:
         return {"alpha": self.decay_constants[0], "ada_beta": self.ada_decay_constant[0],

@@ -12,8 +12,9 @@ class SpikeCounter(Neuron):
     """State ``[count, spk]``: ``spk = I``, ``count = count + I``; returns ``([count, spk], spk)``."""
 
     state_names = ("count", "spk")
+    spike_states = ()      # counts its input, which need not be binary
 
-    def __init__(self, shape: Optional[StateShape] = None, **kwargs):
+    def __init__(self, shape: Optional[StateShape] = None):
         super().__init__(None, shape)
 
     def params(self) -> dict:

@@ -14,11 +14,12 @@ import jax
 import jax.numpy as jnp
 
 from ...functional.surrogate import SpikeFn, superspike_surrogate
+from ...plan.protocol import AbstractNeuron, AbstractStatefulLayer
 
 StateShape = Union[Sequence[int], int]
 StatefulOutput = Tuple[Sequence[jax.Array], jax.Array]
 
-__all__ = ["StatefulLayer", "RequiresStateLayer", "Neuron", "default_init_fn", "StateShape",
+__all__ = ["StatefulLayer", "RequiresStateLayer", "Neuron", "SpikingNeuron", "default_init_fn", "StateShape",
            "StatefulOutput", "as_shape"]
 
 
@@ -34,7 +35,7 @@ def as_shape(shape: StateShape) -> tuple:
     return tuple(int(s) for s in shape)
 
 
-class StatefulLayer(eqx.Module):
+class StatefulLayer(AbstractStatefulLayer):
     """Base class of layers that carry a state through time.
 
     ``__call__(state, synaptic_input, *, key=None) -> (new_state, output)``. ``init_state(shape, key)``
@@ -44,8 +45,6 @@ class StatefulLayer(eqx.Module):
     init_fn: Callable = eqx.field(static=True, default=default_init_fn)
     shape: Optional[tuple] = eqx.field(static=True, default=None)
 
-    is_stateful_layer: ClassVar[bool] = True
-
     def __init__(self, init_fn: Optional[Callable] = None, shape: Optional[StateShape] = None):
         if init_fn is not None and not callable(init_fn):
             raise TypeError(f"{type(self).__name__}: init_fn must be callable, got {type(init_fn).__name__}")
@@ -54,9 +53,6 @@ class StatefulLayer(eqx.Module):
 
     def init_state(self, shape: StateShape, key: Optional[jax.Array] = None, *args, **kwargs) -> list:
         return [self.init_fn(as_shape(shape), key, *args, **kwargs), jnp.zeros(as_shape(shape))]
-
-    def init_out(self, shape: StateShape, *, key: Optional[jax.Array] = None) -> jax.Array:
-        return jnp.zeros(as_shape(shape))
 
     def __call__(self, state, synaptic_input, *, key=None):
         raise NotImplementedError(f"{type(self).__name__} does not implement __call__")
@@ -92,30 +88,27 @@ def _decay_array(owner: str, name: str, value: Any, count: int, meaning: str) ->
     return arr
 
 
-class Neuron(StatefulLayer):
+class Neuron(StatefulLayer, AbstractNeuron):
     """A stateful layer whose dynamics are one pure ``step`` function.
 
-    Subclasses set ``state_names`` (the state layout), implement ``params()`` and ``step()``, and
-    say whether ``__call__`` returns a list (snnax's LIF family) or a tuple (snnax's IAF family).
-    """
+    Subclasses set ``state_names`` (the state layout) and ``spike_states`` (the entries that hold
+    spikes), implement ``params()`` and ``step()``, and say whether ``__call__`` returns a list
+    (snnax's LIF family) or a tuple (snnax's IAF family). A subclass missing one of them cannot
+    be instantiated (``TypeError``)."""
 
-    state_names: ClassVar[Tuple[str, ...]] = ()
-    spike_states: ClassVar[Tuple[str, ...]] = ()   # entries that hold 0/1 spikes (stored compactly)
     returns_list: ClassVar[bool] = False
     output_is_last_state: ClassVar[bool] = True    # step's output == new_state[-1]
-
-    def params(self) -> dict:
-        """The parameters ``step`` uses, one entry per use (e.g. ``alpha = decay_constants[0]``), so
-        that each is a scalar or broadcasts elementwise against the state: the fused backward passes
-        then accumulate per-neuron parameter gradients and reduce them once, after the time loop."""
-        raise NotImplementedError
 
     def _reset(self, r: jax.Array) -> jax.Array:
         """The refractory term, with the optional stop-gradient of ``stop_reset_grad``."""
         return jax.lax.stop_gradient(r) if getattr(self, "stop_reset_grad", True) else r
 
-    def step(self, params: dict, state: Sequence[jax.Array], x: jax.Array) -> Tuple[list, jax.Array]:
-        raise NotImplementedError
+    def binary_state_entries(self) -> Tuple[int, ...]:
+        """The spike entries, when the spike function is one of the Heaviside surrogates (exactly
+        0/1); none for a custom ``spike_fn``, which may not be binary."""
+        if not hasattr(getattr(self, "spike_fn", None), "surrogate"):
+            return ()
+        return tuple(k for k, n in enumerate(self.state_names) if n in self.spike_states)
 
     def init_state(self, shape: StateShape, key: Optional[jax.Array] = None, *args, **kwargs) -> list:
         shape = as_shape(shape)
@@ -129,6 +122,24 @@ class Neuron(StatefulLayer):
                 f"{list(self.state_names)}, got {len(state)}")
         new_state, out = self.step(self.params(), state, synaptic_input)
         return [new_state, out] if self.returns_list else (new_state, out)
+
+
+class SpikingNeuron(Neuron):
+    """A neuron with a threshold, a spike function and a reset: the fields every spiking neuron of
+    the LIF and IAF families shares, set in one place by :meth:`_init_spiking`."""
+
+    threshold: Any
+    reset_val: Any
+    spike_fn: SpikeFn = eqx.field(static=True)
+    stop_reset_grad: bool = eqx.field(static=True)
+
+    spike_states: ClassVar[Tuple[str, ...]] = ("spk",)
+
+    def _init_spiking(self, spike_fn: SpikeFn, threshold, stop_reset_grad: bool, reset_val) -> None:
+        if not callable(spike_fn):
+            raise TypeError(f"{type(self).__name__}: spike_fn must be callable, got {type(spike_fn).__name__}")
+        self.spike_fn, self.threshold = spike_fn, threshold
+        self.stop_reset_grad, self.reset_val = bool(stop_reset_grad), reset_val
 
 
 DEFAULT_SPIKE_FN = superspike_surrogate(10.0)

@@ -1,0 +1,77 @@
+"""Helpers used inside the Pallas kernels (the neuron-loop and the recurrent kernels)."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+__all__ = ["carry_start", "keep_valid", "step_and_emit", "store", "RefReader", "masked_step_valid"]
+
+
+def carry_start(chunked: bool, c, carry_refs, init_refs, zero_refs=()):
+    """Values of a loop carry at the start of this program's time chunk: ``(from_init, zeros)``.
+
+    Chunked (a sequential time axis on the grid): ``carry_refs`` are output blocks that stay
+    resident across the chunks (their index map ignores the chunk axis), so at chunk 0 they are
+    filled from ``init_refs`` (and ``zero_refs`` zeroed) and later chunks read what the previous
+    one left there. Not chunked: the values come straight from ``init_refs`` / zeros."""
+    if chunked:
+        @pl.when(c == 0)
+        def _():
+            for dst, src in zip(carry_refs, init_refs):
+                dst[...] = src[...]
+            for r in zero_refs:
+                r[...] = jnp.zeros(r.shape, r.dtype)
+
+        return [r[...] for r in carry_refs], [r[...] for r in zero_refs]
+    return [r[...] for r in init_refs], [jnp.zeros(r.shape, r.dtype) for r in zero_refs]
+
+
+def keep_valid(valid, new, old):
+    """``new`` where the step is a real one, ``old`` on a padded (masked) step."""
+    return [jnp.where(valid, a, b) for a, b in zip(new, old)]
+
+
+def step_and_emit(step, p, s, x, s_dtypes, valid, out_ref, j, out_dtype):
+    """One forward step inside a kernel: the new state in the carry dtypes (the old one kept on a
+    padded step, ``valid`` False; ``valid`` None: no padded steps) and ``out`` written to
+    ``out_ref[j]`` (when an output is wanted)."""
+    ns, out = step(p, list(s), x)
+    ns = [a.astype(dt) for a, dt in zip(ns, s_dtypes)]
+    if valid is not None:
+        ns = keep_valid(valid, ns, s)
+    if out_ref is not None:
+        out_ref[j] = out.astype(out_dtype)
+    return ns
+
+
+def store(refs, values):
+    for r, v in zip(refs, values):
+        r[...] = v
+
+
+class RefReader:
+    """Names a kernel's positional refs: ``take(k)`` the next k refs, ``one()`` the next, ``opt(c)``
+    the next if ``c`` else None, ``rest()`` what is left (Pallas passes inputs then outputs)."""
+
+    def __init__(self, refs):
+        self._refs = list(refs)
+
+    def take(self, k: int) -> list:
+        out, self._refs = self._refs[:k], self._refs[k:]
+        return out
+
+    def one(self):
+        return self._refs.pop(0)
+
+    def opt(self, cond: bool):
+        return self._refs.pop(0) if cond else None
+
+    def rest(self) -> list:
+        out, self._refs = self._refs, []
+        return out
+
+
+def masked_step_valid(masked: bool, c, tc: int, j, T: int):
+    """Whether step ``j`` of chunk ``c`` is a real step (None when no step is padded)."""
+    return (c * tc + j < T) if masked else None
+

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     import jax
 
     from . import models
-    from .run import PATH_BACKENDS
+    from .measure import PATH_BACKENDS
     from .timing import compile_under
 
     spec = models.build(a.model, a.N)

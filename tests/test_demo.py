@@ -17,8 +17,12 @@ pytest.importorskip("tqdm")
 
 import jax
 
-from snnkern.demo import train as demo
-from snnkern.demo.train import main
+from snnkern.demo.cli import main, parse_args
+from snnkern.demo.data import (DataError, latency_encode, load_data, load_digits_spikes, load_npz_spikes,
+                               load_tonic_spikes)
+from snnkern.demo.defaults import QUICK
+from snnkern.demo.models import build_model, probe
+from snnkern.demo.training import load_checkpoint, predict
 
 CHANCE = 0.10
 MIN_QUICK_ACC = 0.5
@@ -49,19 +53,16 @@ def test_demo_quick_digits_end_to_end(tmp_path, capsys):
     assert res["identical_predictions"]
     assert "identical predictions" in printed
     data, model = res["data"], res["model"]
-    like = demo.build_model(data.n_features, res["args"]["hidden"], data.n_classes, "ff",
-                            key=jax.random.PRNGKey(123))
-    reloaded = demo.load_checkpoint(res["checkpoint"], like)
-    np.testing.assert_array_equal(demo.predict(reloaded, data.x_test), demo.predict(model, data.x_test))
-    assert not np.array_equal(demo.predict(like, data.x_test), demo.predict(model, data.x_test))
+    like = build_model(data.n_features, res["args"]["hidden"], data.n_classes, "ff",
+                       key=jax.random.PRNGKey(123))
+    reloaded = load_checkpoint(res["checkpoint"], like)
+    np.testing.assert_array_equal(predict(reloaded, data.x_test), predict(model, data.x_test))
+    assert not np.array_equal(predict(like, data.x_test), predict(model, data.x_test))
 
-    # plan and step timings are printed (planned vs reference path where snnkern has backend())
-    import snnkern
-    if hasattr(snnkern, "explain"):
-        assert res["plan"] and "plan:" in printed
+    # plan and step timings are printed (planned vs reference path)
+    assert res["plan"] and "plan:" in printed
     assert "planned" in res["timing"] and res["timing"]["planned"]["step_s"] > 0
-    if hasattr(snnkern, "backend"):
-        assert "reference" in res["timing"] and "speed-up" in printed
+    assert "reference" in res["timing"] and "speed-up" in printed
 
 
 def test_data_wrong_path_is_a_clear_error(tmp_path):
@@ -79,8 +80,8 @@ def test_data_npz_missing_array_is_a_clear_error(tmp_path):
         main(["--data", str(path), "--out", str(tmp_path / "o"), "--no-timing"])
     assert str(path) in str(e.value.code) and "'y'" in str(e.value.code)
     np.savez(path, x=np.zeros((10, 5), np.float32), y=np.zeros(10, int))   # no time axis
-    with pytest.raises(demo.DataError, match=r"\(N, T, F\)"):
-        demo.load_npz_spikes(str(path))
+    with pytest.raises(DataError, match=r"\(N, T, F\)"):
+        load_npz_spikes(str(path))
 
 
 def _synthetic_events(n=150, T=12, frame=(2, 4), n_classes=3, seed=0):
@@ -117,47 +118,47 @@ def test_npz_with_given_test_split(tmp_path):
     x, y = _synthetic_events(n=40)
     path = tmp_path / "split.npz"
     np.savez(path, x=x[:30], y=y[:30], x_test=x[30:], y_test=y[30:])
-    data = demo.load_npz_spikes(str(path))
+    data = load_npz_spikes(str(path))
     assert data.x_train.shape == (30, 12, 8) and data.x_test.shape == (10, 12, 8)
     assert data.x_train.dtype == np.float32
     np.testing.assert_array_equal(data.y_test, y[30:])
 
 
 def test_digits_encodings():
-    rate = demo.load_digits_spikes(T=10, encoding="rate", seed=0)
+    rate = load_digits_spikes(T=10, encoding="rate", seed=0)
     assert rate.x_train.shape == (1437, 10, 64) and rate.x_test.shape == (360, 10, 64)
     assert set(np.unique(rate.x_train)) <= {0.0, 1.0}
     assert set(np.bincount(rate.y_test).tolist()) <= {35, 36, 37}            # stratified 80/20
     # the split is fixed, whatever the seed
-    other = demo.load_digits_spikes(T=10, encoding="rate", seed=5)
+    other = load_digits_spikes(T=10, encoding="rate", seed=5)
     np.testing.assert_array_equal(rate.y_test, other.y_test)
-    lat = demo.load_digits_spikes(T=10, encoding="latency")
+    lat = load_digits_spikes(T=10, encoding="latency")
     # one spike per non-zero pixel, brighter pixels earlier, none in the last quarter of T
     assert lat.x_train.sum(axis=1).max() == 1.0
     assert lat.x_train[:, 10 * 3 // 4:].sum() == 0
     x = np.array([[1.0, 0.5, 0.0]], np.float32)
-    spikes = demo.latency_encode(x, 9, window=9)
+    spikes = latency_encode(x, 9, window=9)
     assert np.argmax(spikes[0, :, 0]) == 0 and np.argmax(spikes[0, :, 1]) == 4 and spikes[0, :, 2].sum() == 0
 
 
 def test_cli_validation():
     with pytest.raises(SystemExit):
-        demo.parse_args(["--model", "cnn"])
+        parse_args(["--model", "cnn"])
     with pytest.raises(SystemExit):
-        demo.parse_args(["--T", "2"])
-    a = demo.parse_args(["--quick"])
-    assert (a.epochs, a.hidden, a.T, a.batch_size) == tuple(demo.QUICK[k] for k in ("epochs", "hidden", "T", "batch_size"))
-    a = demo.parse_args([])
+        parse_args(["--T", "2"])
+    a = parse_args(["--quick"])
+    assert (a.epochs, a.hidden, a.T, a.batch_size) == tuple(QUICK[k] for k in ("epochs", "hidden", "T", "batch_size"))
+    a = parse_args([])
     assert (a.epochs, a.T, a.model, a.encoding, a.out) == (30, 32, "ff", "rate", "demo_out")
 
 
 def test_recurrent_model_runs():
     """--model rec builds the SequentialLocalFeedback recurrent net and gives class scores."""
-    model = demo.build_model(64, 16, 10, "rec", key=jax.random.PRNGKey(0))
-    data = demo.load_digits_spikes(T=8)
-    pred = demo.predict(model, data.x_test[:5])
+    model = build_model(64, 16, 10, "rec", key=jax.random.PRNGKey(0))
+    data = load_digits_spikes(T=8)
+    pred = predict(model, data.x_test[:5])
     assert pred.shape == (5,) and pred.dtype.kind == "i"
-    hidden, out = demo.probe(model, data.x_test[0])
+    hidden, out = probe(model, data.x_test[0])
     assert hidden.shape == (8, 16) and out.shape == (8, 10)
     assert set(np.unique(hidden)) <= {0.0, 1.0}
 
@@ -214,10 +215,10 @@ def _fake_tonic(monkeypatch):
 def test_tonic_folder_loader(tmp_path, monkeypatch):
     _fake_tonic(monkeypatch)
     (tmp_path / "SHD").mkdir()
-    with pytest.raises(demo.DataError, match="never downloads"):      # files missing: no download
-        demo.load_data(str(tmp_path), T=6)
+    with pytest.raises(DataError, match="never downloads"):           # files missing: no download
+        load_data(str(tmp_path), T=6)
     (tmp_path / "SHD" / "shd_train.h5").write_bytes(b"")
-    data = demo.load_tonic_spikes(str(tmp_path), T=6, limit=10)
+    data = load_tonic_spikes(str(tmp_path), T=6, limit=10)
     assert data.x_train.shape == (10, 6, 700) and data.x_test.shape == (2, 6, 700)
     assert data.x_train.max() == 1.0 and data.n_classes == 2
     for x, y in zip(data.x_train, data.y_train):

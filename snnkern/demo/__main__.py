@@ -1,5 +1,5 @@
 """``python -m snnkern.demo [options]``: see ``--help`` and docs/demo.md."""
-from .train import main
+from .cli import main
 
 if __name__ == "__main__":
     main()

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 import snnkern
+from snnkern.plan import PlanPath
 
 from . import models, peak_mem, sanity, timing
 from .tiers import Tier
@@ -32,14 +33,11 @@ def _plan_info(spec, backend: str):
     """(plan, fused-components text, fallback reasons, whether a Pallas step is in the plan)."""
     with snnkern.backend(backend):
         plan = snnkern.explain(spec.model, spec.in_shape)
-    if plan.path == "reference":
+    if plan.path is PlanPath.REFERENCE:
         return plan, "none (time-major lax.scan)", [], False
-    fused, has_pallas = [], False
-    for n, c in enumerate(plan.components):
-        for s in c.steps:
-            if "loop" in s.path and "scan" not in s.path:
-                fused.append(f"c{n} {s.where}: {s.path}")
-            has_pallas = has_pallas or s.path.startswith("pallas")
+    fused = [f"c{n} {s.where}: {s.describe()}" for n, c in enumerate(plan.components) for s in c.steps
+             if s.path.is_loop]
+    has_pallas = any(s.impl is not None and s.impl.is_pallas for s in plan.steps)
     return plan, "; ".join(fused) or "none", plan.fallbacks, has_pallas
 
 

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 # Newest Python >= 3.12 that actually runs (pyenv shims for unselected versions fail), else python3.
 PYTHON ?= $(shell bash tools/find_python.sh)
 
-.PHONY: all venv test test-fast demo bench bench-quick clean
+.PHONY: all venv test test-fast lint demo bench bench-quick clean
 
 all: test
 
@@ -22,6 +22,9 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(PY) -m ruff check snnkern kernels bench tests tools
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -x -m "not slow" -p no:cacheprovider

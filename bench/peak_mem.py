@@ -1,8 +1,9 @@
 """GPU peak memory of one timed function, measured in a fresh process (BENCH.md "What to time" 4).
 
 ``memory_stats()['peak_bytes_in_use']`` only ever grows within a process, so every (config, path,
-mode) gets its own interpreter (with ``XLA_PYTHON_CLIENT_PREALLOCATE=false``): ``python -m bench.peak_mem --model ff --N 1024 --T 1000 --B 64
---scales 40,60 --path plan-xla --mode fwdbwd`` prints one JSON line ``{"peak_bytes": ...}``.
+mode) gets its own interpreter (with ``XLA_PYTHON_CLIENT_PREALLOCATE=false``):
+``python -m bench.peak_mem --model ff --N 1024 --T 1000 --B 64 --scales 40,60 --path plan-xla --mode fwdbwd``
+prints one JSON line ``{"peak_bytes": ...}``.
 """
 from __future__ import annotations
 

@@ -180,7 +180,8 @@ def detail_table(rows: Sequence[dict]) -> List[str]:
         gf = "/".join("-" if _f(r, k) is None else f"{_f(r, k):.3g}" for k in ("fwd_gflops", "fwdbwd_gflops"))
         out.append(
             f"| {c[0]} | {c[1]} | {c[2]} | {c[3]} | {c[4]} | {r['path']}{tag} | {r.get('fused', '')} | {_ms(r, 'fwd')} "
-            f"| {_ms(r, 'fwdbwd')} | {_per_step_us(r)} | {_f(r, 'compile_fwd_s') or 0:.2f} / {_f(r, 'compile_fwdbwd_s') or 0:.2f} "
+            f"| {_ms(r, 'fwdbwd')} | {_per_step_us(r)} "
+            f"| {_f(r, 'compile_fwd_s') or 0:.2f} / {_f(r, 'compile_fwdbwd_s') or 0:.2f} "
             f"| {_mb(_f(r, 'mem_fwd_bytes'))} / {_mb(_f(r, 'mem_fwdbwd_bytes'))} | {_mb(_f(r, 'peak_bytes_fwdbwd'))} "
             f"| {gf} | {r.get('rates', '')} | {r.get('sanity', '') or 'ok'} |")
     return out
@@ -225,7 +226,8 @@ def markdown(rows: Sequence[dict], title: str = "snnkern benchmark", plots_: Seq
              "(reference, path, reference, ...). Reference = time-major `lax.scan` "
              "(`snnkern.backend(\"reference\")`); plan-xla = layer-major plan with XLA neuron loops. "
              "Times: median [p10-p90] in ms; by default >= 10 samples and >= 1 s per path after 3 warm-ups "
-             "(the command line shows any other settings; the CSV's `*_n` columns the sample counts). Memory: `compiled.memory_analysis()` temp + output bytes. Equal LIF "
+             "(the command line shows any other settings; the CSV's `*_n` columns the sample counts). "
+             "Memory: `compiled.memory_analysis()` temp + output bytes. Equal LIF "
              "firing rates across paths show equal work.", "",
              "## Headline ratios", ""] + headline_table(rows) + ["", "## All rows", ""] + detail_table(rows)
     g = gpu_table(rows)
@@ -272,7 +274,7 @@ def plots(rows: Sequence[dict], stem) -> List[str]:
     multi = {k: v for k, v in groups.items() if len({x["T"] for x in v}) > 1}
     if multi:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-        for (tier, model, N, B), rs in multi.items():
+        for (tier, _model, N, B), rs in multi.items():
             for path in dict.fromkeys(x["path"] for x in rs):
                 pr = sorted((x for x in rs if x["path"] == path and x.get("speed_figure") == "yes"),
                             key=lambda x: int(x["T"]))

@@ -19,7 +19,7 @@ Parameter gradients are accumulated **per neuron** in the carry and reduced once
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Sequence, Tuple
 
 import equinox as eqx
 import jax

@@ -4,7 +4,33 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-__all__ = ["carry_start", "keep_valid", "step_and_emit", "store", "RefReader", "masked_step_valid"]
+__all__ = ["seq_spec", "reverse_index", "stored_state", "carry_start", "keep_valid", "step_and_emit", "store",
+           "RefReader", "masked_step_valid"]
+
+
+def seq_spec(block: tuple, n_chunks: int, reverse: bool = False):
+    """BlockSpec of a time-major ``(T_pad, rows, cols)`` sequence on the ``(tiles, chunks)`` grid:
+    tile ``i`` of chunk ``c`` (chunk ``n_chunks - 1 - c`` when walking time backwards)."""
+    if reverse:
+        return pl.BlockSpec(block, lambda i, c: (n_chunks - 1 - c, i, 0))
+    return pl.BlockSpec(block, lambda i, c: (c, i, 0))
+
+
+def reverse_index(tc: int, chunk, i):
+    """Backward kernels walk time in reverse: iteration ``i`` of ``chunk`` is local step ``j`` and
+    global step ``t``."""
+    j = tc - 1 - i
+    return j, chunk * tc + j
+
+
+def stored_state(res_refs, dtypes, s0, exact_at_t0, j, t) -> list:
+    """The state entering step ``t`` from its residuals (``res_refs[k][j]``, cast to ``dtypes[k]``);
+    entries in ``exact_at_t0`` (int8 spikes, narrowed floats) take the user's exact ``s0`` at t = 0."""
+    out = []
+    for k, ref in enumerate(res_refs):
+        v = ref[j].astype(dtypes[k])
+        out.append(jnp.where(t == 0, s0[k], v) if k in exact_at_t0 else v)
+    return out
 
 
 def carry_start(chunked: bool, c, carry_refs, init_refs, zero_refs=()):

@@ -49,7 +49,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from .common import FLOATS, params_broadcast, reduce_to
-from .pallas_common import RefReader, carry_start, keep_valid, masked_step_valid, step_and_emit, store
+from .pallas_common import (RefReader, carry_start, keep_valid, masked_step_valid, reverse_index, seq_spec,
+                             step_and_emit, store, stored_state)
 from .tiling import GPU_PLATFORMS, NeuronLayout, NeuronTiling, compiler_params, layout_target
 
 __all__ = ["neuron_loop", "eligible", "unsupported", "default_tiling", "residual_dtypes", "check_residual_dtype",
@@ -193,13 +194,7 @@ def _param_tile(a, shape, tl: NeuronLayout):
 
 def _specs(tl: NeuronLayout, reverse: bool = False):
     """BlockSpecs of per-neuron (R, L) and per-step (T_pad, R, L) arrays on the (tiles, chunks) grid."""
-    nc = tl.n_chunks
-    neur = pl.BlockSpec((tl.rb, tl.L), lambda i, c: (i, 0))
-    if reverse:
-        seq = pl.BlockSpec((tl.tc, tl.rb, tl.L), lambda i, c: (nc - 1 - c, i, 0))
-    else:
-        seq = pl.BlockSpec((tl.tc, tl.rb, tl.L), lambda i, c: (c, i, 0))
-    return neur, seq
+    return pl.BlockSpec((tl.rb, tl.L), lambda i, c: (i, 0)), seq_spec((tl.tc, tl.rb, tl.L), tl.n_chunks, reverse)
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,14 +359,8 @@ def _backward_kernel(*refs, step, combine, tl: NeuronLayout, n_p, s_dtypes, out_
 
     def body(i, carry):
         g_s, g_p = carry
-        j = tl.tc - 1 - i
-        t = chunk * tl.tc + j
-        s = []
-        for k in range(n_s):
-            v = res_refs[k][j].astype(s_dtypes[k])
-            if k in inexact:       # int8 0/1 or a narrowed float: the user's exact state at t = 0
-                v = jnp.where(t == 0, s0[k], v)
-            s.append(v)
+        j, t = reverse_index(tl.tc, chunk, i)
+        s = stored_state(res_refs, s_dtypes, s0, inexact, j, t)
         x = x_ref[j]
         g_out = g_out_ref[j] if want_out else jnp.zeros(x.shape, out_dtype)
         _, vjp = jax.vjp(f, p_vals, s, x)

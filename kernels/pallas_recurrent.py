@@ -40,7 +40,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from .common import current, params_broadcast, reduce_to
-from .pallas_common import RefReader, carry_start, keep_valid, masked_step_valid, step_and_emit, store
+from .pallas_common import (RefReader, carry_start, keep_valid, masked_step_valid, reverse_index, seq_spec,
+                             step_and_emit, store, stored_state)
 from .pallas_neuron import eligible as neuron_eligible
 from .tiling import RecLayout, RecTiling, compiler_params, layout_target, next_pow2, round_up
 
@@ -112,12 +113,8 @@ def dot_dtype_of(state_dtype, w_dtype):
 
 
 def _specs(tl: RecLayout, reverse: bool = False):
-    nc = tl.n_chunks
     rows = pl.BlockSpec((tl.bB, tl.n_pad), lambda i, c: (i, 0))
-    if reverse:
-        seq = pl.BlockSpec((tl.tc, tl.bB, tl.n_pad), lambda i, c: (nc - 1 - c, i, 0))
-    else:
-        seq = pl.BlockSpec((tl.tc, tl.bB, tl.n_pad), lambda i, c: (c, i, 0))
+    seq = seq_spec((tl.tc, tl.bB, tl.n_pad), tl.n_chunks, reverse)
     whole = pl.BlockSpec((tl.n_pad, tl.n_pad), lambda i, c: (0, 0))
     vec = pl.BlockSpec((1, tl.n_pad), lambda i, c: (0, 0))
     return rows, seq, whole, vec
@@ -321,22 +318,16 @@ def _backward_kernel(*refs, tl: RecLayout, step, combine, n_p, s_dtypes, out_dty
     c = pl.program_id(1) if chunked else 0
     chunk = tl.n_chunks - 1 - c          # reverse time
     g_s, g_p = carry_start(chunked, c, g_s0_refs, g_sT_refs, g_p_refs)
-    spike_res = [jnp.dtype(dt) == jnp.dtype(jnp.int8) for dt in res_dtypes]
+    spike_res = {k for k, dt in enumerate(res_dtypes) if jnp.dtype(dt) == jnp.dtype(jnp.int8)}
 
     def f(d, s, x):
         return step(combine(d), s, x)
 
     def body(i, carry):
         g_s, g_p = carry
-        j = tl.tc - 1 - i
-        t = chunk * tl.tc + j
-        s = []
-        for k in range(n_s - 1):
-            v = res_refs[k][j].astype(s_dtypes[k])
-            if spike_res[k]:      # int8 0/1 in the residual; the user's exact state at t = 0
-                v = jnp.where(t == 0, s0[k], v)
-            s.append(v)
-        s.append(read_ref[j])
+        j, t = reverse_index(tl.tc, chunk, i)
+        # int8 0/1 spikes in the residual: the user's exact state at t = 0; the last entry is reads
+        s = stored_state(res_refs, s_dtypes, s0, spike_res, j, t) + [read_ref[j]]
         g_out = g_out_ref[j] if want_out else jnp.zeros(shape, out_dtype)
         _, vjp = jax.vjp(f, p_vals, s, cur_ref[j])
         dd, ds, di = vjp(([a.astype(dt) for a, dt in zip(g_s, s_dtypes)], g_out))

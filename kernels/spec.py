@@ -30,6 +30,11 @@ class Impl(str, enum.Enum):
         return self.value
 
 
+def _describe(spec, extra: str) -> str:
+    """``impl`` alone for XLA; ``impl, <target> tiling<extra>`` for the kernels."""
+    return f"{spec.impl}" if spec.tiling is None else f"{spec.impl}, {spec.tiling.target} tiling{extra}"
+
+
 @dataclasses.dataclass(frozen=True)
 class NeuronLoopSpec:
     """One neuron's time loop. ``spike_idx``: state entries that are exactly 0/1 (stored compactly);
@@ -46,10 +51,8 @@ class NeuronLoopSpec:
     residual_dtype: Optional[str] = None
 
     def describe(self) -> str:
-        if self.tiling is None:
-            return f"{self.impl}"
-        blocks = f", block_n={self.tiling.block_n}" if self.tiling.block_n else ""
-        return f"{self.impl}, {self.tiling.target} tiling{blocks}"
+        blocks = f", block_n={self.tiling.block_n}" if self.tiling is not None and self.tiling.block_n else ""
+        return _describe(self, blocks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +69,4 @@ class RecurrentLoopSpec:
     resident_w: Optional[bool] = None
 
     def describe(self) -> str:
-        if self.tiling is None:
-            return f"{self.impl}"
-        where = "W_rec on chip" if self.resident_w else "W_rec read per step"
-        return f"{self.impl}, {self.tiling.target} tiling, {where}"
+        return _describe(self, ", W_rec on chip" if self.resident_w else ", W_rec read per step")

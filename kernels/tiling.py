@@ -77,8 +77,20 @@ class Tiling:
         return min(T, _DEFAULT_BLOCK_T_TPU if self.block_t is None else int(self.block_t))
 
 
+class _Layout:
+    """Tiles x time chunks of a layout (subclasses say how many rows a tile and the padding hold)."""
+
+    @property
+    def n_tiles(self) -> int:
+        return self.rows_padded // self.rows_per_tile
+
+    @property
+    def n_chunks(self) -> int:
+        return self.T_pad // self.tc
+
+
 @dataclasses.dataclass(frozen=True)
-class NeuronLayout:
+class NeuronLayout(_Layout):
     """A (T, N) neuron-loop problem cut into tiles: ``L`` lanes, ``rb`` rows per tile, ``R`` rows
     (padded), ``tc`` steps per time chunk, ``T_pad`` steps (padded, masked)."""
 
@@ -91,13 +103,8 @@ class NeuronLayout:
     tc: int
     T_pad: int
 
-    @property
-    def n_tiles(self) -> int:
-        return self.R // self.rb
-
-    @property
-    def n_chunks(self) -> int:
-        return self.T_pad // self.tc
+    rows_padded = property(lambda self: self.R)
+    rows_per_tile = property(lambda self: self.rb)
 
     @property
     def block_n(self) -> int:
@@ -144,7 +151,7 @@ class NeuronTiling(Tiling):
 
 
 @dataclasses.dataclass(frozen=True)
-class RecLayout:
+class RecLayout(_Layout):
     """A (T, B, n) recurrent problem cut into tiles: ``bB`` samples per tile of ``B_pad``;
     ``n_pad`` neurons (one tile spans them all); ``tc`` steps per chunk of ``T_pad``."""
 
@@ -158,13 +165,8 @@ class RecLayout:
     tc: int
     T_pad: int
 
-    @property
-    def n_tiles(self) -> int:
-        return self.B_pad // self.bB
-
-    @property
-    def n_chunks(self) -> int:
-        return self.T_pad // self.tc
+    rows_padded = property(lambda self: self.B_pad)
+    rows_per_tile = property(lambda self: self.bB)
 
     @property
     def num_warps(self) -> int:

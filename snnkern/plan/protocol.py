@@ -13,8 +13,8 @@ only ever ask the functions below, so the rules are written once:
 - the value other layers read is the last entry of a layer's state (a compound: its last
   sub-layer's), docs/semantics.md "Time".
 """
-from __future__ import annotations
-
+# (no ``from __future__ import annotations``: Equinox must see AbstractClassVar as an object, else it
+# turns the overriding class attributes into dataclass fields)
 import abc
 import functools as ft
 from typing import Any, Sequence, Tuple
@@ -23,8 +23,8 @@ import equinox as eqx
 import jax
 
 __all__ = ["AbstractStatefulLayer", "AbstractNeuron", "AbstractCompound", "AbstractParallel", "is_stateful",
-           "is_neuron", "is_compound", "takes_input_list", "entry_module", "layer_output", "read_from_out", "call_layer",
-           "merge_inputs"]
+           "is_neuron", "is_compound", "takes_input_list", "entry_module", "layer_output", "read_from_out",
+           "call_layer", "merge_inputs"]
 
 
 class AbstractStatefulLayer(eqx.Module):

@@ -129,7 +129,7 @@ def init_states(model, in_shape, key: Optional[jax.Array] = None) -> list:
         if tuple(outs[j].shape) != shape:
             srcs = [("x", e) for e in struct.input_layer_ids[i]] + [("l", s) for s in struct.input_connectivity[i]]
             values = [jnp.zeros(in_shapes[s]) if kind == "x" else outs[s] for kind, s in srcs]
-            raise InputMergeError(_merge_message(model, 
+            raise InputMergeError(_merge_message(model,
                 i, srcs, values,
                 f"its input from {_source_name(layers, ('l', j))} (a feedback edge) has shape "
                 f"{tuple(outs[j].shape)}, but {describe_layer(i, layers[i])} needs {shape} there"))
@@ -174,7 +174,7 @@ def _check_merge(model, i, layer, srcs, values):
     if takes_input_list(layer):
         branches = getattr(entry_module(layer), "layers", [])
         if len(branches) != len(values):
-            raise InputMergeError(_merge_message(model, 
+            raise InputMergeError(_merge_message(model,
                 i, srcs, values, f"its Parallel has {len(branches)} branches but it receives "
                                  f"{len(values)} input(s)"))
         return

@@ -2,7 +2,7 @@
 SequentialLocalFeedback. Each constructor takes both ``(*layers)`` and ``(layers_list)``."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional
 
 import equinox as eqx
 import jax

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Union
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 

@@ -1,11 +1,9 @@
 """Leaky integrate-and-fire neurons (SPEC §5): SimpleLIF, LIF, LIFSoftReset, AdaptiveLIF."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, ClassVar, Optional, Tuple, Union
 
-import equinox as eqx
 import jax
-import jax.numpy as jnp
 
 from ...functional.surrogate import SpikeFn
 from .stateful import DEFAULT_SPIKE_FN, SpikingNeuron, StateShape, _decay_array, clamp_decay, default_init_fn
@@ -15,16 +13,13 @@ __all__ = ["SimpleLIF", "LIF", "LIFSoftReset", "AdaptiveLIF"]
 Scalar = Union[float, jax.Array]
 
 
-class SimpleLIF(SpikingNeuron):
-    """LIF without synaptic current. State ``[mem, spk]``; returns ``[[mem, spk], spk]``.
-
-    ``a = clamp(.5, dc[0], 1)``; ``mem = a*mem + (1-a)*I``; ``spk = H(mem - threshold)``; reset by
-    subtracting ``mem*spk`` (or ``softplus(reset_val)*spk``), stop-gradient'ed by default.
-    """
+class _Leaky(SpikingNeuron):
+    """The constructor SimpleLIF and LIF share (snnax's signature); ``decays`` says how many decay
+    constants the neuron needs and what they are."""
 
     decay_constants: jax.Array
 
-    state_names = ("mem", "spk")
+    decays: ClassVar[Tuple[int, str]]
     returns_list = True
 
     def __init__(self, decay_constants, spike_fn: SpikeFn = DEFAULT_SPIKE_FN, threshold: Scalar = 1.0,
@@ -32,8 +27,20 @@ class SimpleLIF(SpikingNeuron):
                  init_fn: Optional[Callable] = default_init_fn, shape: Optional[StateShape] = None,
                  key: Optional[jax.Array] = None):
         super().__init__(init_fn, shape)
-        self.decay_constants = _decay_array("SimpleLIF", "decay_constants", decay_constants, 1, "[alpha]")
+        count, meaning = self.decays
+        self.decay_constants = _decay_array(type(self).__name__, "decay_constants", decay_constants, count, meaning)
         self._init_spiking(spike_fn, threshold, stop_reset_grad, reset_val)
+
+
+class SimpleLIF(_Leaky):
+    """LIF without synaptic current. State ``[mem, spk]``; returns ``[[mem, spk], spk]``.
+
+    ``a = clamp(.5, dc[0], 1)``; ``mem = a*mem + (1-a)*I``; ``spk = H(mem - threshold)``; reset by
+    subtracting ``mem*spk`` (or ``softplus(reset_val)*spk``), stop-gradient'ed by default.
+    """
+
+    state_names = ("mem", "spk")
+    decays = (1, "[alpha]")
 
     def params(self) -> dict:
         return {"alpha": self.decay_constants[0], "threshold": self.threshold, "reset_val": self.reset_val}
@@ -48,26 +55,15 @@ class SimpleLIF(SpikingNeuron):
         return [mem, spk], spk
 
 
-class LIF(SpikingNeuron):
+class LIF(_Leaky):
     """LIF with a synaptic current and a deferred reset. State ``[mem, syn, spk]``.
 
     The reset uses the previous step's spike and the membrane integrates the *old* synaptic current;
     the stored ``mem`` is pre-reset (SPEC §5). Returns ``[[mem, syn, spk], spk]``.
     """
 
-    decay_constants: jax.Array
-
     state_names = ("mem", "syn", "spk")
-    returns_list = True
-
-    def __init__(self, decay_constants, spike_fn: SpikeFn = DEFAULT_SPIKE_FN, threshold: Scalar = 1.0,
-                 stop_reset_grad: bool = True, reset_val: Optional[Scalar] = None,
-                 init_fn: Optional[Callable] = default_init_fn, shape: Optional[StateShape] = None,
-                 key: Optional[jax.Array] = None):
-        super().__init__(init_fn, shape)
-        self.decay_constants = _decay_array(type(self).__name__, "decay_constants", decay_constants, 2,
-                                            "[alpha (membrane), beta (synapse)]")
-        self._init_spiking(spike_fn, threshold, stop_reset_grad, reset_val)
+    decays = (2, "[alpha (membrane), beta (synapse)]")
 
     def params(self) -> dict:
         return {"alpha": self.decay_constants[0], "beta": self.decay_constants[1], "threshold": self.threshold,

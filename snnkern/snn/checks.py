@@ -94,11 +94,11 @@ def _source_name(layers, src) -> str:
 def init_states(model, in_shape, key: Optional[jax.Array] = None) -> list:
     """Initial state of every layer, for one sample of feature shape ``in_shape``.
 
-    Walks the layers in list order (SPEC §4): a stateless layer's state is ``[layer(initial
-    outputs of its sources)]`` (zeros for external inputs); a stateful layer gets
+    Walks the layers in list order (docs/semantics.md "States"): a stateless layer's state is
+    ``[layer(initial outputs of its sources)]`` (zeros for external inputs); a stateful layer gets
     ``layer.init_state(input_shape, key)``. Back edges read the source's initial output.
     Raises ValueError naming the layer when an input shape does not fit or inputs cannot be
-    merged (SPEC §8.2).
+    merged (docs/semantics.md "Several inputs").
     """
     in_shapes = normalise_in_shapes(in_shape)
     struct, layers = model.graph_structure, model.layers
@@ -184,7 +184,8 @@ def _check_merge(model, i, layer, srcs, values):
 
 
 def check_merges_at_construction(model):
-    """Where the input shape is written in the first layer (a Linear), surface §8.2 errors now."""
+    """Where the input shape is written in the first layer (a Linear), surface merge errors now
+    (docs/semantics.md "Several inputs")."""
     struct = model.graph_structure
     shapes = {}
     for i, ids in enumerate(struct.input_layer_ids):

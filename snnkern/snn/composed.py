@@ -1,5 +1,5 @@
-"""Composed models and layers (SPEC §7-§8): Sequential, Parallel, CompoundLayer,
-SequentialLocalFeedback. Each constructor takes both ``(*layers)`` and ``(layers_list)``."""
+"""Composed models and layers (docs/semantics.md "Composed models"): Sequential, Parallel,
+CompoundLayer, SequentialLocalFeedback. Each constructor takes both ``(*layers)`` and ``(layers_list)``."""
 from __future__ import annotations
 
 from typing import Callable, Dict, Optional
@@ -38,7 +38,8 @@ def gen_feed_forward_struct(num_layers: int) -> GraphStructure:
 class Sequential(StatefulModel):
     """A feed-forward chain. ``Sequential(*layers)`` or ``Sequential(layers_list)``.
 
-    Every edge is delayed by one step (SPEC §3): with L layers the output lags the input by L-1 steps.
+    Every edge is delayed by one step (docs/semantics.md "Time"): with L layers the output lags the
+    input by L-1 steps.
     """
 
     def __init__(self, *layers, forward_fn: Callable = default_forward_fn, loop_fn: Callable = jax.lax.scan):

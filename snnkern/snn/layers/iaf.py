@@ -1,4 +1,4 @@
-"""Integrate-and-fire neurons (SPEC §5): SimpleIAF, IAF. Both return tuples, as snnax does."""
+"""Integrate-and-fire neurons (docs/semantics.md "Neurons"): SimpleIAF, IAF. Both return tuples, as snnax does."""
 from __future__ import annotations
 
 from typing import Callable, Optional, Union

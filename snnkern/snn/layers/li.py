@@ -1,4 +1,4 @@
-"""Leaky integrator without spikes (SPEC §5): SimpleLI, a membrane read-out layer."""
+"""Leaky integrator without spikes (docs/semantics.md "Neurons"): SimpleLI, a membrane read-out layer."""
 from __future__ import annotations
 
 from typing import Callable, Optional

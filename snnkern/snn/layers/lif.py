@@ -1,4 +1,4 @@
-"""Leaky integrate-and-fire neurons (SPEC §5): SimpleLIF, LIF, LIFSoftReset, AdaptiveLIF."""
+"""Leaky integrate-and-fire neurons (docs/semantics.md "Neurons"): SimpleLIF, LIF, LIFSoftReset, AdaptiveLIF."""
 from __future__ import annotations
 
 from typing import Callable, ClassVar, Optional, Tuple, Union
@@ -59,7 +59,7 @@ class LIF(_Leaky):
     """LIF with a synaptic current and a deferred reset. State ``[mem, syn, spk]``.
 
     The reset uses the previous step's spike and the membrane integrates the *old* synaptic current;
-    the stored ``mem`` is pre-reset (SPEC §5). Returns ``[[mem, syn, spk], spk]``.
+    the stored ``mem`` is pre-reset (docs/semantics.md "Neurons"). Returns ``[[mem, syn, spk], spk]``.
     """
 
     state_names = ("mem", "syn", "spk")

@@ -1,4 +1,4 @@
-"""Sigma-delta neuron (SPEC §5)."""
+"""Sigma-delta neuron (docs/semantics.md "Neurons")."""
 from __future__ import annotations
 
 from typing import Callable, Optional, Union

@@ -8,7 +8,7 @@ A drop-in replacement for :func:`snnkern.kernels.neuron_loop.neuron_loop`: same 
   each program keeps its tile's state in registers/VMEM and runs a ``fori_loop`` over the time
   steps, reading ``xs[t]`` and writing ``outs[t]``, ``reads[t]`` and the residuals of step t. The
   neuron's own ``step`` function is traced inside the kernel, so every neuron gets the kernel
-  (DESIGN: "a neuron's dynamics are written once").
+  (a neuron's dynamics are written once).
 - backward: a reverse-time ``pallas_call`` re-runs each step's VJP (``jax.vjp`` of ``step`` inside
   the kernel) from the residuals, carrying the state cotangent, emitting ``d xs[t]`` and
   accumulating per-neuron parameter gradients (parameters are broadcast to the tile), which are

@@ -203,10 +203,13 @@ def plan_neuron_loop(where: str, step, params, state0, xs, *, spike_idx: Sequenc
 
 
 def plan_recurrent_loop(where: str, step, params, state0, ff, w, b, *, spike_idx: Sequence[int] = (),
-                        want_out: bool = True, want_cur: bool = True,
-                        platform: Optional[str] = None) -> Tuple[RecurrentLoopSpec, Optional[str]]:
+                        want_out: bool = True, want_cur: bool = True, platform: Optional[str] = None,
+                        per_step: Tuple[str, ...] = ()) -> Tuple[RecurrentLoopSpec, Optional[str]]:
     """The spec of a recurrent compound's loop and the fallback reason. ``state0`` entries (n,) and
-    ``ff`` (T, n) of one sample, ``w`` (n, n), ``b`` (n,) or None; arrays or ShapeDtypeStructs."""
+    ``ff`` (T, n) of one sample, ``w`` (n, n), ``b`` (n,) or None; arrays or ShapeDtypeStructs.
+    ``per_step``: the names of the per-step layers ``step`` applies to the current before the neuron
+    (the kernels take them only without parameters and when no neuron is padded: a LayerNorm then
+    normalises exactly the n real neurons of a row)."""
     platform = (platform or tracing_platform()).lower()
     choice = choose_impl(where, platform)
     impl, reason, tiling, resident = choice.impl, choice.reason, None, None
@@ -216,6 +219,12 @@ def plan_recurrent_loop(where: str, step, params, state0, ff, w, b, *, spike_idx
         batched = [jax.ShapeDtypeStruct((1,) + tuple(s.shape), s.dtype) for s in state0]
         ff1 = jax.ShapeDtypeStruct((1,) + tuple(ff.shape), ff.dtype)
         why = pr.unsupported(step, params, batched, ff1, w, b, rules)
+        n = int(ff.shape[-1])
+        if why is None and per_step and RecTiling.get_default(target).n_pad(n) != n:
+            why = (f"the per-step layers {', '.join(per_step)} inside the recurrence need every lane of a kernel "
+                   f"row to be a real neuron; {n} neurons are padded to {RecTiling.get_default(target).n_pad(n)}")
+        if why is None and per_step and isinstance(params, dict) and jax.tree.leaves(params.get("per_step")):
+            why = f"the per-step layers {', '.join(per_step)} have parameters (the kernels tile only the neuron's)"
         if why is None:
             tiling = RecTiling.get_default(target)
             resident = pr.resident_w(tiling.n_pad(int(ff.shape[-1])), pr.dot_dtype_of(state0[-1].dtype, w.dtype),

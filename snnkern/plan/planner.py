@@ -23,7 +23,8 @@ from .protocol import (call_layer, is_compound, is_neuron, is_stateful, layer_ou
                        takes_input_list)
 from .types import Component, Kind, Path, Plan, PlanPath, Step
 
-__all__ = ["make_plan", "recurrent_pattern", "neuron_step", "float_input", "recorded_plans"]
+__all__ = ["make_plan", "recurrent_pattern", "neuron_step", "chain_step", "float_input", "recorded_plans",
+           "PER_STEP_LAYERS"]
 
 _KEY = jax.random.PRNGKey(0)   # stateless layers' output shapes do not depend on the key
 
@@ -61,16 +62,22 @@ def neuron_step(layer):
     return step
 
 
+PER_STEP_LAYERS = (eqx.nn.LayerNorm, eqx.nn.Identity, eqx.nn.Lambda)
+
+
 def recurrent_pattern(layer, n_inputs: int, self_pos: int) -> Optional[str]:
-    """None if ``layer`` (with a self-edge arriving as input ``self_pos`` of ``n_inputs``) is the
-    recognised recurrent chain ``CompoundLayer([Parallel([..., Linear_rec]), neuron])``, else why not."""
+    """None if ``layer`` (with a self-edge arriving as input ``self_pos`` of ``n_inputs``) is a
+    recognised recurrent chain ``CompoundLayer([Parallel([..., Linear_rec]), per-step layers...,
+    neuron])`` (per-step layers: LayerNorm, Identity, Lambda), else why not."""
     if not is_compound(layer):
         return f"a {type(layer).__name__} in a cycle is not a recognised recurrent chain"
     subs = layer.layers
-    if len(subs) != 2 or not takes_input_list(subs[0]) or is_compound(subs[0]) or not is_neuron(subs[1]):
+    mids = subs[1:-1]
+    if (len(subs) < 2 or not takes_input_list(subs[0]) or is_compound(subs[0]) or not is_neuron(subs[-1])
+            or not all(type(m) in PER_STEP_LAYERS for m in mids)):
         kinds = ", ".join(type(s).__name__ for s in subs)
-        return (f"CompoundLayer([{kinds}]) is not CompoundLayer([Parallel([...]), neuron]); "
-                f"it runs as a per-step loop")
+        return (f"CompoundLayer([{kinds}]) is not CompoundLayer([Parallel([...]), per-step layers "
+                f"(LayerNorm, Identity, Lambda)..., neuron]); it runs as a per-step loop")
     branches = subs[0].layers
     if any(is_stateful(b) for b in branches):
         return "a Parallel branch is stateful"
@@ -84,6 +91,32 @@ def recurrent_pattern(layer, n_inputs: int, self_pos: int) -> Optional[str]:
     if rec.in_features != rec.out_features:
         return f"the recurrent Linear is {rec.in_features}->{rec.out_features}, not square"
     return None
+
+
+def _per_row(module, h):
+    """A per-step layer of an (n,) vector applied to every row of ``h`` (..., n)."""
+    if h.ndim == 1:
+        return module(h)
+    return jax.vmap(module)(h.reshape(-1, h.shape[-1])).reshape(h.shape)
+
+
+def chain_step(layer):
+    """``(step, params)`` of a recurrent chain's loop: the per-step layers between the Parallel
+    and the neuron applied to the current ``I_t``, then the neuron's step. ``params`` holds the
+    neuron's parameters and the per-step layers' arrays (LayerNorm's weight and bias)."""
+    neuron, mids = layer.layers[-1], list(layer.layers[1:-1])
+    nstep = neuron_step(neuron)
+    if not mids:
+        return nstep, neuron.params()
+    skeletons = [eqx.filter(m, eqx.is_array, inverse=True) for m in mids]
+
+    def step(p, s, x):
+        h = x
+        for arrays, skeleton in zip(p["per_step"], skeletons):
+            h = _per_row(eqx.combine(arrays, skeleton), h)
+        return nstep(p["neuron"], s, h)
+
+    return step, {"neuron": neuron.params(), "per_step": [eqx.filter(m, eqx.is_array) for m in mids]}
 
 
 class _Planner:
@@ -159,20 +192,22 @@ class _Planner:
 
     def recurrent_component(self, i) -> Component:
         layer = self.layers[i]
-        par, neuron = layer.layers
+        par, neuron = layer.layers[0], layer.layers[-1]
         where = _name(i, layer)
         outside = self.input_values(i)[:-1]
         ff = jax.eval_shape(lambda *v: ft.reduce(operator.add, [b(x, key=_KEY) for b, x in zip(par.layers[:-1], v)]),
                             *outside)
         rec = par.layers[-1]
         want = i in self.final
+        step, params = chain_step(layer)
         spec, reason = dispatch.plan_recurrent_loop(
-            where + " recurrence + neuron", neuron_step(neuron), neuron.params(), self.states[i][1],
-            self.seq(_float_aval(ff)), rec.weight, rec.bias, spike_idx=neuron.binary_state_entries(),
-            want_out=want, want_cur=want, platform=self.platform)
+            where + " recurrence + neuron", step, params, self.states[i][-1], self.seq(_float_aval(ff)), rec.weight,
+            rec.bias, spike_idx=neuron.binary_state_entries(), want_out=want, want_cur=want, platform=self.platform,
+            per_step=tuple(type(m).__name__ for m in layer.layers[1:-1]))
+        names = " -> ".join(type(m).__name__ for m in layer.layers[1:])
         return Component((i,), True, Kind.RECURRENT, (
             Step(where + " feed-forward branches", Path.GEMM, (i, 0)),
-            Step(where + " recurrence + neuron", Path.RECURRENT_LOOP, (i,), spec, reason)))
+            Step(f"{where} recurrence -> {names}", Path.RECURRENT_LOOP, (i,), spec, reason)))
 
 
 def make_plan(struct, layers: Sequence, xs: Sequence, states: Sequence, *,

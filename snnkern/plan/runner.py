@@ -16,7 +16,7 @@ import jax.random as jrand
 
 from snnkern.kernels import dispatch
 
-from .planner import float_input, neuron_step
+from .planner import chain_step, float_input, neuron_step
 from .protocol import call_layer, is_compound, is_neuron, is_stateful, layer_output, merge_inputs, read_from_out
 from .types import Component, Kind, Plan
 
@@ -128,24 +128,32 @@ class _Run:
         self.outs[i], self.reads[i] = out, read_from_out(layer, out)
 
     def recurrent(self, comp: Component):
-        """``CompoundLayer([Parallel([br_0, ..., Linear_rec]), neuron])`` with a self-edge."""
+        """``CompoundLayer([Parallel([br_0, ..., Linear_rec]), per-step layers..., neuron])`` with a
+        self-edge: the feed-forward branches as GEMMs over all steps, then one loop."""
         (i,) = comp.layers
-        par, neuron = self.layers[i].layers
+        layer = self.layers[i]
+        par, mids = layer.layers[0], layer.layers[1:-1]
         spec = comp.spec_at((i,))
-        k_par, _ = jrand.split(self.keys[i], 2)
-        branch_keys = jrand.split(k_par, len(par.layers))
+        sub_keys = jrand.split(self.keys[i], len(layer.layers))
+        branch_keys = jrand.split(sub_keys[0], len(par.layers))
         ff = None
         for b, seq, k in zip(par.layers[:-1], self.inputs_from_outside(i, comp.layers)[:-1], branch_keys):
             o = stateless_seq(b, seq, k)
             ff = o if ff is None else ff + o
         rec = par.layers[-1]
-        sT, out, cur, reads = dispatch.run_recurrent_loop(spec, neuron_step(neuron), neuron.params(),
-                                                          list(self.states[i][1]), float_input(ff), rec.weight,
-                                                          rec.bias)
-        # the compound reads as its neuron: reads = the shifted neuron output (state[-1] entering each step);
-        # a non-final compound keeps only the last current (its Parallel's state)
-        self.finals[i], self.shifted[i] = [[cur[-1]], sT], reads
-        self.outs[i] = [cur, out] if spec.want_out else None
+        step, params = chain_step(layer)
+        sT, out, cur, reads = dispatch.run_recurrent_loop(spec, step, params, list(self.states[i][-1]),
+                                                          float_input(ff), rec.weight, rec.bias)
+        # the compound reads as its neuron: reads = the shifted neuron output (state[-1] entering each
+        # step). A non-final compound keeps only the last current (its Parallel's state); the per-step
+        # layers' outputs are recomputed from the currents (stateless: the same values as in the loop)
+        h, mid_outs = cur, []
+        for m, k in zip(mids, sub_keys[1:-1]):
+            h = stateless_seq(m, h, k)
+            mid_outs.append(h)
+        self.finals[i] = [[cur[-1]]] + [[o[-1]] for o in mid_outs] + [sT]
+        self.shifted[i] = reads
+        self.outs[i] = [cur, *mid_outs, out] if spec.want_out else None
 
     def cycle(self, comp: Component):
         ids, struct, layers = comp.layers, self.struct, self.layers

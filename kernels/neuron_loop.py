@@ -123,6 +123,8 @@ def neuron_loop(step: Step, params, state0: list, xs: jax.Array, spike_idx: Sequ
         d, s0, s_in, x, reads, outs = res
         g_sT, g_outs, g_reads = g
         grads = Grads(step, static, d, x.shape[1:])
+        # the step's output may differ in shape from its input (a neuron with a layer inside)
+        out_aval = jax.eval_shape(lambda dd, ss, xx: step(eqx.combine(dd, static), ss, xx)[1], d, list(s0), x[0])
 
         def body(carry, inp):
             g_s, g_d = carry
@@ -131,7 +133,7 @@ def neuron_loop(step: Step, params, state0: list, xs: jax.Array, spike_idx: Sequ
                 prev = jax.lax.dynamic_index_in_dim(outs, jnp.maximum(t - 1, 0), keepdims=False)
                 rd = jnp.where(t == 0, s0[-1], prev.astype(s0[-1].dtype))
             s = restore(s, s0, t, spike_idx) + ([rd] if last_from_reads else [])
-            cot_out = g_out if want_out else jnp.zeros_like(xt, dtype=g_s[-1].dtype)
+            cot_out = g_out if want_out else jnp.zeros(out_aval.shape, g_s[-1].dtype)
             dd, ds, dx = grads.vjp(d, s, xt, (g_s, cot_out))
             if want_read:
                 ds = list(ds)

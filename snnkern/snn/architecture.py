@@ -20,9 +20,12 @@ from ..plan.protocol import AbstractParallel, call_layer, entry_module, is_state
 from .checks import (InputMergeError, apply_stateless, check_call, check_merges_at_construction, describe_layer,
                      expected_in_shape, init_layer, init_states, normalise_in_shapes)
 from .graph_structure import GraphStructure
+from ._forward_fns import ForwardFn, ForwardFnOutput, delayed_forward_fn
+from .layers.stateful import RequiresStateLayer, StatefulLayer
 
 __all__ = ["GraphStructure", "StatefulModel", "default_forward_fn", "InputMergeError", "layer_output",
-           "describe_layer", "is_stateful", "apply_stateless", "init_layer"]
+           "describe_layer", "is_stateful", "apply_stateless", "init_layer",
+           "delayed_forward_fn", "ForwardFn", "ForwardFnOutput", "StatefulLayer", "RequiresStateLayer"]
 
 
 def default_forward_fn(layers: Sequence[eqx.Module], struct: GraphStructure, key: jax.Array,

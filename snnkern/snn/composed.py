@@ -12,7 +12,8 @@ import jax.random as jrand
 from ..plan.protocol import (AbstractCompound, AbstractParallel, call_layer, is_stateful, layer_output,
                              read_from_out)
 from .architecture import GraphStructure, StatefulModel, apply_stateless, default_forward_fn, init_layer
-from .layers.stateful import StatefulLayer, default_init_fn
+from .architecture import ForwardFn  # noqa: F401 (snnax's names here)
+from .layers.stateful import RequiresStateLayer, StateShape, StatefulLayer, default_init_fn  # noqa: F401
 
 __all__ = ["Sequential", "Parallel", "CompoundLayer", "SequentialLocalFeedback", "gen_feed_forward_struct"]
 

@@ -7,9 +7,15 @@ import equinox as eqx
 import jax
 
 __all__ = ["NEURON_PARAMS", "apply_to_tree_leaf", "apply_to_tree_leaf_bytype", "is_threshold",
-           "is_decay_constants", "is_decay_constant", "is_reset_val", "is_neuron_param", "has_identifier"]
+           "is_decay_constants", "is_decay_constant", "is_reset_val", "is_neuron_param", "has_identifier",
+           "is_identifier"]
 
 NEURON_PARAMS = ("threshold", "leak", "decay_constant", "decay_constants", "reset_val")
+
+
+def is_identifier(name: str, node: Any) -> bool:
+    """``node`` has an attribute ``name`` (possibly None)."""
+    return hasattr(node, name)
 
 
 def has_identifier(name: str, node: Any) -> bool:

@@ -6,8 +6,9 @@ from typing import Callable, Optional, Union
 import jax
 import jax.numpy as jnp
 
-from ...functional.surrogate import SpikeFn
+from ...functional.surrogate import SpikeFn, superspike_surrogate  # noqa: F401 (snnax's names here)
 from .stateful import DEFAULT_SPIKE_FN, SpikingNeuron, StateShape, _decay_array, clamp_decay, default_init_fn
+from .stateful import StatefulLayer, StatefulOutput  # noqa: F401 (snnax's names here)
 
 __all__ = ["SimpleIAF", "IAF"]
 

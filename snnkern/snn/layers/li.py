@@ -6,6 +6,7 @@ from typing import Callable, Optional
 import jax
 
 from .stateful import clamp_decay, Neuron, StateShape, _decay_array, default_init_fn
+from .stateful import StatefulLayer, StatefulOutput  # noqa: F401 (snnax's names here)
 
 __all__ = ["SimpleLI"]
 

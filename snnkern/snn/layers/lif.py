@@ -5,8 +5,9 @@ from typing import Callable, ClassVar, Optional, Tuple, Union
 
 import jax
 
-from ...functional.surrogate import SpikeFn
+from ...functional.surrogate import SpikeFn, superspike_surrogate  # noqa: F401 (snnax's names here)
 from .stateful import DEFAULT_SPIKE_FN, SpikingNeuron, StateShape, _decay_array, clamp_decay, default_init_fn
+from .stateful import StatefulLayer, StatefulOutput  # noqa: F401 (snnax's names here)
 
 __all__ = ["SimpleLIF", "LIF", "LIFSoftReset", "AdaptiveLIF"]
 

@@ -6,7 +6,7 @@ from typing import Union
 import equinox as eqx
 import jax
 
-from ...functional.surrogate import SpikeFn
+from ...functional.surrogate import SpikeFn, superspike_surrogate  # noqa: F401 (snnax's names here)
 from .stateful import DEFAULT_SPIKE_FN
 
 __all__ = ["SpikingMaxPool1d", "SpikingMaxPool2d"]

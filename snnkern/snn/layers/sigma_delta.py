@@ -7,8 +7,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ...functional.surrogate import SpikeFn
+from ...functional.surrogate import SpikeFn, superspike_surrogate  # noqa: F401 (snnax's names here)
 from .stateful import DEFAULT_SPIKE_FN, Neuron, StateShape, _decay_array, as_shape
+from .stateful import StatefulLayer, StatefulOutput  # noqa: F401 (snnax's names here)
 
 __all__ = ["SigmaDelta"]
 

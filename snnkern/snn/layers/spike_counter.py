@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from .stateful import Neuron, StateShape
+from .stateful import StatefulLayer, StatefulOutput, default_init_fn  # noqa: F401 (snnax's names here)
 
 __all__ = ["SpikeCounter"]
 

@@ -54,6 +54,15 @@ class StatefulLayer(AbstractStatefulLayer):
     def init_state(self, shape: StateShape, key: Optional[jax.Array] = None, *args, **kwargs) -> list:
         return [self.init_fn(as_shape(shape), key, *args, **kwargs), jnp.zeros(as_shape(shape))]
 
+    def init_out(self, shape: StateShape, *, key: Optional[jax.Array] = None) -> jax.Array:
+        """snnax's initial output of a layer: zeros."""
+        return jnp.zeros(as_shape(shape))
+
+    @staticmethod
+    def init_parameters(parameters, shape: Optional[StateShape] = None) -> jax.Array:
+        """snnax's helper for custom layers: ``parameters`` as a (trainable) array; ``shape`` unused."""
+        return parameters if isinstance(parameters, jax.Array) else jnp.asarray(parameters)
+
     def __call__(self, state, synaptic_input, *, key=None):
         raise NotImplementedError(f"{type(self).__name__} does not implement __call__")
 

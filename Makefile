@@ -15,7 +15,7 @@ $(STAMP):
 	@echo "using $(PYTHON) ($$($(PYTHON) --version 2>&1))"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,demo]"
+	$(PY) -m pip install -q -e ".[test,demo,nir]"
 	@touch $@
 
 venv: $(STAMP)

@@ -114,7 +114,7 @@ class _Config:
 
 def _prepare(tier: Tier, N: int, T: int, args, scales, env: dict, command: str) -> _Config:
     """Build the model (weights scaled by ``scales``), the input and the jitted-to-be functions."""
-    spec = models.build(tier.model, N)
+    spec = models.build(tier.model, N, N_in=tier.n_in or None)
     spec.model = models.scale_model(spec, spec.model, scales)
     x = jax.device_put(models.make_input(tier.B, T, spec.N_in))
     params, fwd, fwdbwd = models.make_fns(spec, spec.model)

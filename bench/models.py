@@ -56,6 +56,9 @@ class ModelSpec:
         if self.kind == "ff":
             macs = [self.N_in * self.N, self.N * self.N]
             dx = [self.N * self.N]
+        elif self.kind == "recmlp":
+            macs = [self.N_in * self.N, self.N * self.N, self.N * self.N, self.N * self.N, self.N * self.N_out]
+            dx = macs[1:]
         else:
             macs = [self.N_in * self.N, self.N * self.N, self.N * self.N_out]
             dx = [self.N * self.N, self.N * self.N_out]
@@ -81,7 +84,21 @@ def build(kind: str, N: int, N_in: Optional[int] = None, N_out: Optional[int] = 
         model = snn.SequentialLocalFeedback(comp, eqx.nn.Linear(N, N_out, key=k[2]), feedback_layers=None)
         return ModelSpec(kind, model, N_in, N, N_out, groups=(((0, 0, 0), (0, 0, 1)),),
                          lif_sites=((0, 1),))
-    raise ValueError(f"unknown model kind {kind!r} (ff | rec)")
+    if kind == "recmlp":
+        # snnax's recurrent MLP (examples/benchmarks/model/snn_recmlp.py, norm=True)
+        def chain(n_in, n, k1, k2):
+            return snn.CompoundLayer(
+                snn.Parallel([eqx.nn.Linear(n_in, n, key=k1), eqx.nn.Linear(n, n, use_bias=False, key=k2)]),
+                eqx.nn.LayerNorm((n,), use_weight=False, use_bias=False, eps=1e-4),
+                snn.LIFSoftReset([0.95, 0.85], reset_val=1))
+        k = jax.random.split(jax.random.PRNGKey(WEIGHT_KEY), 6)
+        N_out = 10 if N_out == N else N_out
+        model = snn.SequentialLocalFeedback(snn.Flatten(), chain(N_in, N, k[0], k[1]), chain(N, N, k[2], k[3]),
+                                            eqx.nn.Linear(N, N_out, key=k[4]), feedback_layers=None)
+        # the LayerNorm takes out a common scale: the recurrent weight's scale sets the rate
+        return ModelSpec(kind, model, N_in, N, N_out, groups=(((1, 0, 1),), ((2, 0, 1),)),
+                         lif_sites=((1, 2), (2, 2)))
+    raise ValueError(f"unknown model kind {kind!r} (ff | rec | recmlp)")
 
 
 def make_input(B: int, T: int, N_in: int) -> np.ndarray:

@@ -144,7 +144,7 @@ def _calibrate(tier: Tier, N: int, bar) -> List[float]:
     """Weight scales that make each LIF layer of the tier's model of width ``N`` fire 2-20 %
     (reference path, ``tier.calib_T`` steps); a warning line where that window is missed."""
     bar.set_postfix_str(f"{tier.name} N={N} calibrate")
-    spec = models.build(tier.model, N)
+    spec = models.build(tier.model, N, N_in=tier.n_in or None)
     xc = jax.device_put(models.make_input(tier.B, tier.calib_T, spec.N_in))
     scales, rates = models.calibrate(spec, xc)
     ok = all(models.RATE_WINDOW[0] <= r <= models.RATE_WINDOW[1] for r in rates)

@@ -1,4 +1,5 @@
-"""Benchmark tiers (BENCH.md "Shapes"). ``N_in = N`` everywhere; the recurrent head is ``Linear(N, N)``."""
+"""Benchmark tiers (BENCH.md "Shapes"). ``N_in = N`` unless a tier says otherwise; the recurrent head is
+``Linear(N, N)`` (snnax's recurrent MLP: ``Linear(N, 10)``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ class Tier:
     Ns: Tuple[int, ...]
     purpose: str = ""
     calib_T: int = 100       # the firing-rate calibration runs the reference forward at min(T, calib_T)
+    n_in: int = 0            # input features (0: N)
 
     def configs(self):
         """(N, T) pairs in run order."""
@@ -28,6 +30,8 @@ TIERS: Dict[str, Tier] = {t.name: t for t in [
     Tier("cpu", "cpu", "ff", (500,), 16, (256,), "headline CPU ratios"),
     Tier("cpu-long", "cpu", "ff", (50, 200, 1000), 16, (128,), "cost growth with T"),
     Tier("cpu-rec", "cpu", "rec", (500,), 16, (128,), "recurrent"),
+    Tier("cpu-recmlp", "cpu", "recmlp", (100,), 16, (256,), "snnax's recurrent MLP (LayerNorm inside the recurrence)",
+         n_in=512),
     Tier("gpu-on", "gpu", "ff", (500,), 16, (4096, 8192), "Open Neuromorphic benchmark setup"),
     Tier("gpu-small", "gpu", "ff", (1000,), 64, (1024,), "launch/latency-bound regime"),
     Tier("gpu-rec", "gpu", "rec", (1000,), 64, (256, 1024), "recurrent kernels"),

@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import __version__
 from .. import snn
-from ..snn.layers import StatefulLayer
+from ..plan.protocol import is_stateful, layer_output
 from . import _common as C
 from .layers import Recurrent, Scale, Threshold
 
@@ -24,14 +24,8 @@ class _Pass:
     """A pass-through placeholder, contracted away before the graph is built."""
 
 
-def _stateful(layer) -> bool:
-    return isinstance(layer, StatefulLayer) or bool(getattr(layer, "has_state", False))
-
-
-def _exposure(layer, state):
-    """What other layers read from ``layer`` at t = 0 (docs/semantics.md)."""
-    reader = getattr(layer, "output_of", None)
-    return reader(state) if reader is not None else state[-1]
+_stateful = is_stateful      # the engine's own layer rules (snnkern.plan.protocol)
+_exposure = layer_output     # what other layers read from a layer (docs/semantics.md "Time")
 
 
 def _out_shape(layer, shape) -> tuple:
@@ -242,7 +236,7 @@ class _Exporter:
                                    "list of inputs)")
                 branch_ports, shapes, tr = [], [], []
                 for b, br in enumerate(sub.layers):
-                    bst = st[0][b] if (st is not None and sub.has_state) else None
+                    bst = st[0][b] if (st is not None and is_stateful(sub)) else None
                     bw = f"{w} branch {b} ({type(br).__name__})"
                     p, e, s, k, t = self.part(f"{name}.{b}", br, shape[b], bst, bw)
                     branch_ports.append(p[0])
@@ -509,7 +503,7 @@ def to_nir(model, in_shape, dt: float = 1.0, *, approximate: bool = False):
     nir = C.require_nir()
     if not isinstance(model, snn.StatefulModel):
         raise TypeError(f"to_nir needs an snnkern StatefulModel (Sequential, ...), got {type(model).__name__}")
-    custom = model.custom_loop_reason()
+    custom = model.reference_reason()
     if custom is not None:
         raise C.NIRConversionError(f"cannot export the model to NIR: {custom} (its time semantics are unknown)")
     if isinstance(in_shape, int):

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 # Newest Python >= 3.12 that actually runs (pyenv shims for unselected versions fail), else python3.
 PYTHON ?= $(shell bash tools/find_python.sh)
 
-.PHONY: all venv test test-fast demo bench bench-quick clean
+.PHONY: all venv test test-fast test-gpu-compile demo bench bench-quick clean
 
 all: test
 
@@ -20,11 +20,21 @@ $(STAMP):
 
 venv: $(STAMP)
 
+# gpu_compile tests run in test-gpu-compile (they skip without the CUDA plugin anyway)
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -m "not gpu_compile"
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -x -m "not slow" -p no:cacheprovider
+	$(PY) -m pytest -q -x -m "not slow and not gpu_compile" -p no:cacheprovider
+
+# Every Pallas kernel and the bench models' training steps compiled for an H200 / H100 on this
+# machine (no GPU needed): installs the CUDA plugin + ptxas into the venv first (tools/install_gpu_compile.sh);
+# if that fails, the tests skip with the reason.
+test-gpu-compile: $(STAMP)
+	@why=$$(bash tools/install_gpu_compile.sh $(PY) | tail -1; exit $${PIPESTATUS[0]}) \
+	  || { echo "test-gpu-compile: cannot install the CUDA compiler packages: $$why"; \
+	       export SNNKERN_GPU_COMPILE_INSTALL_ERROR="$$why"; }; \
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -p no:cacheprovider -rs -m gpu_compile tests/test_gpu_compile.py
 
 demo: $(STAMP)
 	$(PY) -m snnkern.demo $(DEMO_ARGS)

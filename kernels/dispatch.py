@@ -142,12 +142,9 @@ def _compiled_pallas_unavailable() -> Optional[str]:
 
 
 def tracing_platform() -> str:
-    """The platform being traced for: an active abstract mesh's device, else the default backend."""
-    try:
-        dev = jax.sharding.get_abstract_mesh().abstract_device
-    except Exception:  # noqa: BLE001 - JAX without abstract devices
-        dev = None
-    return dev.platform if dev is not None else jax.default_backend()
+    """The platform being traced for: see :func:`snnkern.kernels.platform.tracing_platform`."""
+    from .platform import tracing_platform as _tracing_platform
+    return _tracing_platform()
 
 
 def choose_neuron_backend(where: str, platform: Optional[str] = None) -> Choice:

@@ -44,9 +44,13 @@ from .pallas_neuron import eligible as neuron_eligible
 from .pallas_neuron import (_carry_start, _keep_valid, _next_pow2, _reduce_to, _step_and_emit, _store,
                             target_platform)
 
-__all__ = ["recurrent_batched", "rec_tiling", "RecTiling", "eligible", "size_reason", "MAX_N", "RESIDENT_W_BYTES"]
+__all__ = ["recurrent_batched", "rec_tiling", "RecTiling", "eligible", "size_reason", "MAX_N", "GPU_MAX_N",
+           "RESIDENT_W_BYTES"]
 
 MAX_N = 1024
+# GPU (Triton): W^T is one block in shared memory (224 KiB per block on an H100/H200), so float32 W of
+# 256+ padded neurons (256 KiB) does not compile (RESOURCE_EXHAUSTED); docs/kernels.md, "GPU resources"
+GPU_MAX_N = 128
 RESIDENT_W_BYTES = {"gpu": 64 * 1024, "tpu": 8 * 1024 * 1024, "any": 64 * 1024}
 _DEFAULT_BLOCK_B = {"gpu": 16, "tpu": 128, "any": 16}
 _DEFAULT_BLOCK_T_TPU = 64
@@ -118,6 +122,9 @@ def size_reason(n: int, platform: Optional[str] = None) -> Optional[str]:
     (the planner checks it up front: ``n`` is known from the recurrent Linear)."""
     plat = (platform or jax.default_backend()).lower()
     n_pad = _round_up(n, 128) if plat == "tpu" else _next_pow2(n)
+    if plat in ("gpu", "cuda", "rocm") and n_pad > GPU_MAX_N:
+        return (f"the recurrent layer has {n} neurons (padded {n_pad}) > {GPU_MAX_N}: W_rec does not fit on chip "
+                f"(GPU shared memory); the XLA loop runs one GEMM per step instead")
     if n_pad > MAX_N:
         return (f"the recurrent layer has {n} neurons (padded {n_pad}) > {MAX_N}: W_rec does not fit on chip "
                 f"next to the state tiles; the XLA loop runs one GEMM per step instead")
@@ -129,7 +136,10 @@ def _compiler_params(tl: RecTiling, interpret: bool):
         return None
     if tl.target == "gpu":
         from jax.experimental.pallas import triton as plgpu
-        return plgpu.CompilerParams(num_warps=4 if tl.n_pad * tl.bB <= 8192 else 8, num_stages=1)
+        # n_pad // 8 warps (4..16): the resident W^T takes n_pad^2 / (32 * num_warps) <= 32 registers per
+        # thread; with 4 warps at n_pad = 128 it took 128 and the backward kernel spilled (docs/kernels.md,
+        # "GPU resources")
+        return plgpu.CompilerParams(num_warps=min(16, max(4, tl.n_pad // 8)), num_stages=1)
     if tl.target == "tpu":
         from jax.experimental.pallas import tpu as pltpu
         return pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary"))

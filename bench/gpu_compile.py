@@ -57,15 +57,18 @@ TRITON_CALL = "__gpu$xla.gpu.triton"
 H200_SM = dict(regs=65536, smem=228 * 1024, warps=64, blocks=32, reg_alloc_unit=256, smem_reserved_per_block=1024)
 
 
-def case_ids(scope: str = "all") -> List[str]:
-    """The case ids of ``scope``: ``all`` (every case), ``docs`` (the resource table's cases)."""
-    neuron = [f"neuron:{k}:{x}:{r}:grad" for k in NEURONS for x in X_DTYPES for r in RESIDUALS]
+def case_ids(scope: str = "all", platform: str = "gpu") -> List[str]:
+    """The case ids of ``scope``: ``all`` (every case), ``docs`` (the resource table's cases), for
+    ``platform`` (``tpu``: no float16 residuals, which the Mosaic kernels reject)."""
+    residuals = [r for r in RESIDUALS if platform != "tpu" or r != "float16"]
+    neuron = [f"neuron:{k}:{x}:{r}:grad" for k in NEURONS for x in X_DTYPES for r in residuals]
     neuron += [f"neuron:{k}:float32:none:fwd" for k in NEURONS]
     rec = [f"rec:LIF:{n}:float32" for n in REC_NS] + [f"rec:LIF:{n}:bfloat16" for n in REC_NS]
     rec += [f"rec:{k}:128:float32" for k in REC_KINDS if k != "LIF"]
     models = [f"model:{m}:{n}:{b}" for m, n, b in MODELS]
     if scope == "docs":
-        neuron = [c for c in neuron if c.endswith(":none:grad") or ":float32:" in c and ":none:" not in c]
+        # bfloat16 inputs with a narrowed residual add nothing the two alone do not show
+        neuron = [c for c in neuron if ":none:" in c or ":float32:" in c]
     return neuron + rec + models
 
 
@@ -124,7 +127,7 @@ def _neuron_case(cid, kind, x_dtype, residual, mode, n=300, T=32, B=4):
     return Case(cid, fn, args, expect, f"N={n} (tile {PN.tiling(T, n, 'gpu').block_n}), T={T}, B={B}")
 
 
-def _rec_case(cid, kind, n, ff_dtype, T=32, B=64):
+def _rec_case(cid, kind, n, ff_dtype, platform, T=32, B=64):
     import jax
     import jax.numpy as jnp
 
@@ -148,9 +151,9 @@ def _rec_case(cid, kind, n, ff_dtype, T=32, B=64):
     fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))
     args = (_sds(p), _sds(st), jax.ShapeDtypeStruct((B, T, n), getattr(jnp, ff_dtype)),
             jax.ShapeDtypeStruct((n, n), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.float32))
-    fits = PR.size_reason(n, "gpu") is None
+    fits = PR.size_reason(n, platform) is None
     expect = {"snnkern_recurrent_fwd": 1, "snnkern_recurrent_bwd": 1} if fits else {}
-    tl = PR.rec_tiling(T, B, n, "gpu")
+    tl = PR.rec_tiling(T, B, n, "tpu" if platform == "tpu" else "gpu")
     return Case(cid, fn, args, expect, f"n={n} (n_pad {tl.n_pad}, bB {tl.bB}), T={T}, B={B}"
                 + ("" if fits else " - over the size limit: the XLA loop"))
 
@@ -184,6 +187,27 @@ def _model_case(cid, kind, N, B, device, T=32):
                 + "; ".join(f"{s.where}: {s.path}" for c in plan.components for s in c.steps if "loop" in s.path))
 
 
+def compile_only_device(target: str):
+    """The device of ``target``: ``H200`` / ``H100`` (compile-only GPUs), ``v5e`` / ``v6e``
+    (compile-only TPU chips), ``local`` (this machine's first GPU)."""
+    import jax
+
+    from snnkern.kernels import platform as KP
+    if target == "local":
+        return jax.devices("gpu")[0]
+    return KP.compile_only_tpu(target) if target in KP.TPU_TARGETS else KP.compile_only_gpu(target)
+
+
+def device_unavailable(target: str) -> Optional[str]:
+    """None if ``target``'s device can be made here, else why not."""
+    from snnkern.kernels import platform as KP
+    if target == "local":
+        return None
+    if target in KP.TPU_TARGETS:
+        return KP.compile_only_tpu_unavailable(target)
+    return KP.compile_only_gpu_unavailable(target)
+
+
 def build_case(cid: str, device) -> Case:
     """The :class:`Case` of id ``cid`` (see the module docstring), for ``device`` (the plans of the
     model cases are made with it as the default device). Concrete arrays (weights) are made on the
@@ -192,7 +216,7 @@ def build_case(cid: str, device) -> Case:
     if parts[0] == "neuron" and len(parts) == 5:
         return _neuron_case(cid, parts[1], parts[2], parts[3], parts[4])
     if parts[0] == "rec" and len(parts) == 4:
-        return _rec_case(cid, parts[1], int(parts[2]), parts[3])
+        return _rec_case(cid, parts[1], int(parts[2]), parts[3], device.platform)
     if parts[0] == "model" and len(parts) == 4:
         return _model_case(cid, parts[1], int(parts[2]), int(parts[3]), device)
     raise ValueError(f"unknown case id {cid!r}")
@@ -204,10 +228,18 @@ def build_case(cid: str, device) -> Case:
 _CALL_RE = re.compile(r'custom_call_target="__gpu\$xla\.gpu\.triton".*?backend_config=\{(.*?)\}\s*(?:,|$)')
 
 
+_TPU_NAME = re.compile(r"%\S*?(snnkern_(?:neuron|recurrent)_(?:fwd|bwd))")
+
+
 def kernel_calls(hlo_text: str) -> List[dict]:
-    """The Triton kernel calls of an optimized HLO module: name, num_warps, num_stages, grid."""
+    """The kernel calls of an optimized HLO module: Triton (GPU) calls with their name, num_warps,
+    num_stages and grid; Mosaic (TPU) calls with the name (from the instruction's name)."""
     calls = []
     for line in hlo_text.splitlines():
+        if 'custom_call_target="tpu_custom_call"' in line and "custom-call(" in line:
+            m = _TPU_NAME.search(line)
+            calls.append(dict(name=m.group(1) if m else "?", num_warps=None, num_stages=None, grid=None))
+            continue
         if TRITON_CALL not in line or "custom-call(" not in line:
             continue
         name = re.search(r'name = "([^"]+)"', line)
@@ -222,7 +254,8 @@ def compile_case(case: Case, device, fail_on_spill: bool = True):
     ``(compiled, hlo_text, seconds)``. Raises on a compile error, shared memory over the device's
     limit (RESOURCE_EXHAUSTED) and, with ``fail_on_spill``, a register spill in any kernel."""
     import jax
-    opts = {"xla_gpu_fail_ptx_compilation_on_register_spilling": True} if fail_on_spill else {}
+    gpu = device.platform != "tpu"
+    opts = {"xla_gpu_fail_ptx_compilation_on_register_spilling": True} if fail_on_spill and gpu else {}
     t0 = time.perf_counter()
     with jax.default_device(device), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)      # "the Pallas Triton backend is deprecated"
@@ -302,9 +335,7 @@ def occupancy(registers: int, threads: int, smem_bytes: int, sm: dict = H200_SM)
 
 def _child(cid: str, target: str) -> None:
     """Compile one case (without failing on spills: they are measured) and print a JSON line."""
-    from snnkern.kernels.platform import compile_only_gpu
-    import jax
-    dev = compile_only_gpu(target) if target != "local" else jax.devices("gpu")[0]
+    dev = compile_only_device(target)
     res = dict(case=cid)
     try:
         case = build_case(cid, dev)
@@ -372,24 +403,79 @@ def _kb(b: Optional[int]) -> str:
     return "-" if b is None else ("0" if b == 0 else f"{b / 1024:.1f} KiB")
 
 
+def _cell(k: Optional[dict], key: str) -> str:
+    return "-" if k is None else str(k.get(key, "?"))
+
+
+def _kernel(r: dict, name: str) -> Optional[dict]:
+    return next((k for k in r.get("kernels", []) if k["name"] == name), None)
+
+
+def _neuron_table(results: List[dict]) -> List[str]:
+    """Neuron-loop kernels, one row per neuron type: registers per variant, the worst spills /
+    shared memory / occupancy over the variants."""
+    variants = [("float32", "none", "grad"), ("bfloat16", "none", "grad"), ("float32", "bfloat16", "grad"),
+                ("float32", "float16", "grad"), ("float32", "none", "fwd")]
+    by = {tuple(r["case"].split(":")[1:]): r for r in results if r["case"].startswith("neuron:")}
+    kinds = list(dict.fromkeys(c[0] for c in by))
+    if not kinds:
+        return []
+    out = ["Neuron-loop kernels (N = 300 in one tile of 4 x 128, T = 32, B = 4): registers per thread for "
+           "float32 inputs / bfloat16 inputs / float32 with `residual_dtype` bfloat16 / float16, and the forward "
+           "kernel without residuals (inference); spills, shared memory and the lowest occupancy over all of them.",
+           "",
+           "| neuron | num_warps | forward registers (f32 / bf16 x / bf16 res / f16 res / no res) "
+           "| backward registers (f32 / bf16 x / bf16 res / f16 res) | spills (B) | shared memory "
+           "| lowest occupancy (warps / SM) |", "|---|---|---|---|---|---|---|"]
+    for kind in kinds:
+        cells = {v: by.get((kind, *v)) for v in variants}
+        errs = [r["error"] for r in cells.values() if r is not None and r.get("error")]
+        if errs:
+            out.append(f"| {kind} | **compile error**: {errs[0].replace('|', '/')} | | | | | |")
+            continue
+        ks = [k for r in cells.values() if r is not None for k in r["kernels"] if k["name"].startswith("snnkern_")]
+        fwd = " / ".join(_cell(_kernel(r, "snnkern_neuron_fwd") if r else None, "registers") for r in cells.values())
+        bwd = " / ".join(_cell(_kernel(r, "snnkern_neuron_bwd") if r else None, "registers")
+                         for v, r in cells.items() if v[2] == "grad")
+        spills = max((k.get("spill_stores", 0) + k.get("spill_loads", 0) for k in ks), default=0)
+        smem = max(((k.get("smem_static") or 0) + (k.get("smem_dynamic") or 0) for k in ks), default=0)
+        occ = min(ks, key=lambda k: k.get("occupancy_warps", 99), default=None)
+        warps = "/".join(sorted({str(k.get("num_warps")) for k in ks}))
+        out.append(f"| {kind} | {warps} | {fwd} | {bwd} | {spills} | {_kb(smem)} | "
+                   f"{_cell(occ, 'occupancy_warps')} ({_cell(occ, 'limited_by')}) |")
+    return out
+
+
 def markdown(results: List[dict], target: str = "H200") -> str:
-    """The resource table: one row per snnkern kernel of each case."""
-    head = ("| case | kernel | num_warps | registers / thread | spill stores / loads (B) | shared memory (static + dynamic) "
-            "| occupancy (warps / SM, of 64) | limited by |\n|---|---|---|---|---|---|---|---|")
-    rows = []
-    for r in results:
+    """The resource tables: neuron-loop kernels one row per neuron type (:func:`_neuron_table`),
+    the other cases one row per distinct snnkern kernel."""
+    out = _neuron_table(results)
+    rest = [r for r in results if not r["case"].startswith("neuron:")]
+    if not rest:
+        return "\n".join(out)
+    if out:
+        out.append("")
+    out += ["| case | kernel | num_warps | registers / thread | spill stores / loads (B) | shared memory (static + dynamic) "
+            "| occupancy (warps / SM, of 64) | limited by |", "|---|---|---|---|---|---|---|---|"]
+    for r in rest:
         if r.get("error"):
-            rows.append(f"| `{r['case']}` | **compile error** | | | | {r['error'].replace('|', '/')} | | |")
+            out.append(f"| `{r['case']}` | **compile error** | | | | {r['error'].replace('|', '/')} | | |")
             continue
         ks = [k for k in r["kernels"] if k["name"].startswith("snnkern_")]
         if not ks:
-            rows.append(f"| `{r['case']}` | (no snnkern kernel: {r.get('note', '')}) | | | | | | |")
+            out.append(f"| `{r['case']}` | (no snnkern kernel: {r.get('note', '')}) | | | | | | |")
+        seen = {}
         for k in ks:
             smem = (k.get("smem_static") or 0) + (k.get("smem_dynamic") or 0)
             spill = f"{k.get('spill_stores', '?')} / {k.get('spill_loads', '?')}"
-            rows.append(f"| `{r['case']}` | {k['name'][len('snnkern_'):]} | {k.get('num_warps')} | {k.get('registers', '?')} "
-                        f"| {spill} | {_kb(smem)} | {k.get('occupancy_warps', '?')} | {k.get('limited_by', '?')} |")
-    return head + "\n" + "\n".join(rows)
+            row = (f"| {k.get('num_warps')} | {k.get('registers', '?')} | {spill} | {_kb(smem)} "
+                   f"| {k.get('occupancy_warps', '?')} | {k.get('limited_by', '?')} |")
+            key = (k["name"], row)
+            seen[key] = seen.get(key, 0) + 1
+        for (name, row), count in seen.items():
+            label = name[len("snnkern_"):] + (f" (x{count})" if count > 1 else "")
+            out.append(f"| `{r['case']}` | {label} {row}")
+    return "\n".join(out)
 
 
 def write_docs(path: str, body: str) -> None:
@@ -405,37 +491,47 @@ def write_docs(path: str, body: str) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--target", default="H200", help="H200 | H100 (compile-only devices) | local (this machine's GPU)")
+    ap.add_argument("--target", default="H200", help="H200 | H100 (compile-only GPUs) | local (this machine's GPU); "
+                    "v5e | v6e compile for a TPU (no resource figures: ptxas only)")
     ap.add_argument("--cases", default="docs", help="docs | all | a comma-separated list of case ids")
     ap.add_argument("--jobs", type=int, default=max(1, min(4, (os.cpu_count() or 2) // 2)))
     ap.add_argument("--timeout", type=float, default=300, help="seconds per case")
     ap.add_argument("--docs", help="write the table into this file between the gpu-resources markers")
     ap.add_argument("--out", help="also write the table (Markdown) and the raw results (.json beside it) here")
+    ap.add_argument("--from-json", help="render the table of a previous run's .json (no compiling)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
         _child(a.child, a.target)
         return 0
+    if a.from_json:
+        run = json.loads(pathlib.Path(a.from_json).read_text())
+        body = run["header"] + "\n\n" + markdown(run["results"], run["target"])
+        print(body)
+        if a.docs:
+            write_docs(a.docs, body)
+        return 0
     if a.target != "local":
-        from snnkern.kernels.platform import compile_only_gpu_unavailable
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
-        why = compile_only_gpu_unavailable(a.target)
+        why = device_unavailable(a.target)
         if why:
             print(f"gpu_compile: {why}", file=sys.stderr)
             return 2
-    cases = case_ids(a.cases) if a.cases in ("all", "docs") else [c.strip() for c in a.cases.split(",") if c.strip()]
+    plat = "tpu" if a.target.startswith("v") else "gpu"
+    cases = case_ids(a.cases, plat) if a.cases in ("all", "docs") else [c.strip() for c in a.cases.split(",") if c.strip()]
     t0 = time.time()
     results = measure(cases, a.target, a.jobs, a.timeout)
     import jax
-    body = (f"Compiled for {a.target} by `python -m bench.gpu_compile --target {a.target} --cases {a.cases}` "
-            f"(jax {jax.__version__}, {len(cases)} cases, {time.time() - t0:.0f} s with {a.jobs} jobs).\n\n"
-            + markdown(results, a.target))
+    header = (f"Compiled for {a.target} by `python -m bench.gpu_compile --target {a.target} --cases {a.cases}` "
+              f"(jax {jax.__version__}, {len(cases)} cases, {time.time() - t0:.0f} s with {a.jobs} jobs).")
+    body = header + "\n\n" + markdown(results, a.target)
     print(body)
     if a.docs:
         write_docs(a.docs, body)
     if a.out:
         pathlib.Path(a.out).write_text(body + "\n")
-        pathlib.Path(a.out).with_suffix(".json").write_text(json.dumps(results, indent=1))
+        pathlib.Path(a.out).with_suffix(".json").write_text(
+            json.dumps(dict(header=header, target=a.target, results=results), indent=1))
     return 1 if any(r.get("error") or r.get("kernels_error") for r in results) else 0
 
 

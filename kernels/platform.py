@@ -19,6 +19,7 @@ the GPU, not the host. It checks, in order:
 configurations that XLA ships inside the CUDA PJRT plugin (``jax-cuda12-plugin``, installed by
 ``make test-gpu-compile``): ``jax.jit(f).lower(...).compile()`` for it runs Triton, LLVM and ptxas
 for sm_90a on a machine without a GPU (JAX_PLATFORMS=cpu, so the plugin skips its driver check).
+:func:`compile_only_tpu` does the same for a TPU chip with libtpu (Mosaic's passes down to LLO run).
 """
 from __future__ import annotations
 
@@ -29,10 +30,13 @@ from typing import Optional
 
 import jax
 
-__all__ = ["tracing_platform", "compile_only_gpu", "compile_only_gpu_unavailable", "GPU_TARGETS"]
+__all__ = ["tracing_platform", "compile_only_gpu", "compile_only_gpu_unavailable", "compile_only_tpu",
+           "compile_only_tpu_unavailable", "GPU_TARGETS", "TPU_TARGETS"]
 
 # name -> device_description_str of the target configuration embedded in the CUDA plugin
 GPU_TARGETS = {"H200": "NVIDIA H200 141GB HBM3e", "H100": "NVIDIA H100 80GB HBM3"}
+# name -> libtpu topology of one chip
+TPU_TARGETS = {"v5e": "v5e:1x1", "v6e": "v6e:1x1"}
 
 
 def _abstract_device_platform(mesh) -> Optional[str]:
@@ -120,4 +124,43 @@ def compile_only_gpu_unavailable(name: str = "H200") -> Optional[str]:
         hint = ("" if os.environ.get("JAX_PLATFORMS", "").strip() == "cpu"
                 else " (set JAX_PLATFORMS=cpu: the CUDA plugin skips its GPU check only then)")
         return f"no compile-only {name} device: {msg}{hint}"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# compile-only TPU devices
+
+def _libtpu_importable() -> None:
+    """Make ``libtpu`` importable: installed normally, or (``make test-gpu-compile``) by
+    ``pip install --target`` into ``$SNNKERN_LIBTPU_DIR`` / ``<venv>/libtpu-target``, a folder kept
+    off the venv's path so that no other JAX program on the machine tries to start a TPU."""
+    import importlib.util
+    import sys
+    if importlib.util.find_spec("libtpu") is not None:
+        return
+    folder = os.environ.get("SNNKERN_LIBTPU_DIR") or os.path.join(sys.prefix, "libtpu-target")
+    if not os.path.isdir(os.path.join(folder, "libtpu")):
+        raise ImportError(f"libtpu is not installed (nor in {folder})")
+    sys.path.insert(0, folder)
+
+
+@functools.lru_cache(maxsize=None)
+def compile_only_tpu(name: str = "v5e"):
+    """A compile-only TPU chip (``"v5e"`` | ``"v6e"``, :data:`TPU_TARGETS`) from libtpu's
+    topology description: ``jax.jit(f).lower(...).compile()`` with it as the default device runs
+    the TPU compiler, Mosaic's kernel passes included, without a TPU (JAX_PLATFORMS=cpu)."""
+    from jax.experimental import topologies
+    _libtpu_importable()
+    return topologies.get_topology_desc(topology_name=TPU_TARGETS[name], platform="tpu").devices[0]
+
+
+def compile_only_tpu_unavailable(name: str = "v5e") -> Optional[str]:
+    """None if :func:`compile_only_tpu` works here, else why not."""
+    try:
+        compile_only_tpu(name)
+    except ImportError as e:
+        return (f"{e}; `make test-gpu-compile` installs it (libtpu as pinned by jax[tpu], "
+                f"pip install --target <venv>/libtpu-target)")
+    except Exception as e:  # noqa: BLE001 - the reason is the message
+        return f"no compile-only TPU {name}: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
     return None

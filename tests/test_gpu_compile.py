@@ -26,12 +26,12 @@ pytestmark = pytest.mark.gpu_compile
 
 
 def _device(name):
-    from snnkern.kernels.platform import compile_only_gpu, compile_only_gpu_unavailable
-    why = compile_only_gpu_unavailable(name)
+    why = G.device_unavailable(name)
     if why is not None:
-        install = os.environ.get("SNNKERN_GPU_COMPILE_INSTALL_ERROR")
+        part = "TPU" if name.startswith("v") else "GPU"
+        install = os.environ.get(f"SNNKERN_{part}_COMPILE_INSTALL_ERROR")
         pytest.skip(f"{why}; `make test-gpu-compile` could not install it: {install}" if install else why)
-    return compile_only_gpu(name)
+    return G.compile_only_device(name)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,14 @@ def h100():
     return _device("H100")
 
 
+@pytest.fixture(scope="module")
+def v5e():
+    return _device("v5e")
+
+
 def compile_ok(cid, device):
-    """Compile case ``cid`` for ``device`` (fails on errors, spills, shared memory); check its kernels."""
+    """Compile case ``cid`` for ``device`` (fails on errors, and on GPU on spills and shared memory);
+    check its kernels."""
     case = G.build_case(cid, device)
     _, text, _ = G.compile_case(case, device, fail_on_spill=True)
     err = G.check_kernels(case, text)
@@ -109,6 +115,44 @@ def test_bench_model_training_step_compiles_for_h200(cid, h200):
                                  "rec:SigmaDelta:128:float32", "model:ff:1024:64", "model:rec:128:64"])
 def test_kernels_compile_for_h100(cid, h100):
     compile_ok(cid, h100)
+
+
+# ================================================================================================
+# TPU v5e (libtpu's compiler, Mosaic's passes down to LLO), and one case on v6e
+
+TPU_CASES = G.case_ids("all", "tpu")
+
+
+@pytest.mark.parametrize("cid", TPU_CASES)
+def test_kernels_compile_for_tpu_v5e(cid, v5e):
+    # every neuron case but float16 residuals (rejected below); recurrent n up to 1024 (the TPU
+    # kernels hold W_rec in VMEM up to MAX_N); the bench models' training steps
+    compile_ok(cid, v5e)
+
+
+def test_auto_plans_for_a_tpu_default_device(v5e):
+    import jax
+
+    import snnkern
+    from bench import models
+    from snnkern.kernels import pallas_neuron as PN
+    model = models.build("rec", 1024).model           # concrete weights: made on the host
+    with jax.default_device(v5e):
+        assert PN.target_platform() == "tpu"
+        plan = snnkern.explain(model)
+    assert plan.platform == "tpu" and not plan.fallbacks, str(plan)
+
+
+def test_tpu_rejects_float16_residuals(v5e):
+    case = G.build_case("neuron:LIF:float32:float16:grad", v5e)
+    with pytest.raises(ValueError, match="float16 is not supported by the TPU"):
+        G.compile_case(case, v5e)
+
+
+def test_kernels_compile_for_tpu_v6e():
+    dev = _device("v6e")
+    for cid in ("neuron:SigmaDelta:bfloat16:bfloat16:grad", "rec:LIF:1024:float32"):
+        compile_ok(cid, dev)
 
 
 # ================================================================================================

@@ -112,19 +112,26 @@ def compile_only_gpu(name: str = "H200"):
     return topo.devices[0]
 
 
-def compile_only_gpu_unavailable(name: str = "H200") -> Optional[str]:
-    """None if :func:`compile_only_gpu` works here, else why not (a sentence, for a skip reason)."""
+def _unavailable(make, name: str, what: str, missing: str) -> Optional[str]:
+    """None if ``make(name)`` works, else why not: ``missing`` (plus the ImportError) when a
+    package is absent, else the first line of the error."""
     try:
-        compile_only_gpu(name)
+        make(name)
     except ImportError as e:
-        return (f"jax-cuda12-plugin is not installed ({e}); `make test-gpu-compile` installs it "
-                f"(jax-cuda12-plugin/jax-cuda12-pjrt=={jax.__version__}, nvidia-cuda-nvcc-cu12, nvidia-nvjitlink-cu12)")
+        return f"{e}; {missing}"
     except Exception as e:  # noqa: BLE001 - the reason is the message
         msg = f"{type(e).__name__}: {e}".strip().splitlines()[0][:300]
         hint = ("" if os.environ.get("JAX_PLATFORMS", "").strip() == "cpu"
-                else " (set JAX_PLATFORMS=cpu: the CUDA plugin skips its GPU check only then)")
-        return f"no compile-only {name} device: {msg}{hint}"
+                else " (set JAX_PLATFORMS=cpu: the plugins skip their device checks only then)")
+        return f"no compile-only {what} {name}: {msg}{hint}"
     return None
+
+
+def compile_only_gpu_unavailable(name: str = "H200") -> Optional[str]:
+    """None if :func:`compile_only_gpu` works here, else why not (a sentence, for a skip reason)."""
+    return _unavailable(compile_only_gpu, name, "GPU",
+                        f"`make test-gpu-compile` installs jax-cuda12-plugin/jax-cuda12-pjrt=={jax.__version__}, "
+                        f"nvidia-cuda-nvcc-cu12 and nvidia-nvjitlink-cu12")
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,11 +163,5 @@ def compile_only_tpu(name: str = "v5e"):
 
 def compile_only_tpu_unavailable(name: str = "v5e") -> Optional[str]:
     """None if :func:`compile_only_tpu` works here, else why not."""
-    try:
-        compile_only_tpu(name)
-    except ImportError as e:
-        return (f"{e}; `make test-gpu-compile` installs it (libtpu as pinned by jax[tpu], "
-                f"pip install --target <venv>/libtpu-target)")
-    except Exception as e:  # noqa: BLE001 - the reason is the message
-        return f"no compile-only TPU {name}: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
-    return None
+    return _unavailable(compile_only_tpu, name, "TPU", "`make test-gpu-compile` installs libtpu as jax[tpu] pins it "
+                        "(pip install --target <venv>/libtpu-target)")

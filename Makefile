@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 # Newest Python >= 3.12 that actually runs (pyenv shims for unselected versions fail), else python3.
 PYTHON ?= $(shell bash tools/find_python.sh)
 
-.PHONY: all venv test test-fast lint demo bench bench-quick clean
+.PHONY: all venv test test-fast test-gpu-compile lint demo bench bench-quick clean
 
 all: test
 
@@ -20,14 +20,25 @@ $(STAMP):
 
 venv: $(STAMP)
 
+# gpu_compile tests run in test-gpu-compile (they skip without the CUDA plugin anyway)
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -m "not gpu_compile"
 
 lint: $(STAMP)
 	$(PY) -m ruff check snnkern kernels bench tests tools
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -x -m "not slow" -p no:cacheprovider
+	$(PY) -m pytest -q -x -m "not slow and not gpu_compile" -p no:cacheprovider
+
+# Every Pallas kernel and the bench models' training steps compiled for an H200 / H100 and a TPU
+# v5e on this machine (no accelerator needed): installs the CUDA plugin + ptxas into the venv and
+# libtpu beside it first (tools/install_gpu_compile.sh); a part that cannot be installed makes its
+# tests skip with the reason.
+test-gpu-compile: $(STAMP)
+	@out=$$(bash tools/install_gpu_compile.sh $(PY)); echo "$$out"; \
+	export SNNKERN_GPU_COMPILE_INSTALL_ERROR="$$(echo "$$out" | sed -n 's/^cannot install gpu: //p' | tail -1)"; \
+	export SNNKERN_TPU_COMPILE_INSTALL_ERROR="$$(echo "$$out" | sed -n 's/^cannot install tpu: //p' | tail -1)"; \
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -p no:cacheprovider -rs -m gpu_compile tests/test_gpu_compile.py
 
 demo: $(STAMP)
 	$(PY) -m snnkern.demo $(DEMO_ARGS)

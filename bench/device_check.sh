@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU run (BENCH.md "GPU runs"): the GPU tests, then the gpu-* tiers, the fresh-process
-# peak memory and the PyTorch peers, all under $OUT (default bench/results), in under 7 minutes.
+# peak memory, the PyTorch peers and the kernels' compile-time resource figures, all under $OUT
+# (default bench/results), in under 9 minutes.
 # Installs nothing from the network: snnkern goes in with `pip install -e . --no-deps` (or, if that
 # fails, a PYTHONPATH shim); the machine's own jax / equinox / matplotlib / tqdm / pytest are used.
 #
@@ -9,10 +10,12 @@
 #   TIERS=tiny PEER_TIERS=tiny bash bench/device_check.sh     # dry run of the flow on a CPU machine
 #
 # At most 8 files land in $OUT (the device tool returns no more): the results CSV and .md, two PNG
-# plots, torch_peers.csv, and device_check.log (every step's output, pytest's included).
+# plots, torch_peers.csv, gpu_resources.md/.json (the kernels' registers, spills, shared memory and
+# occupancy compiled for this GPU, beside the measured times) and device_check.log (every step's
+# output, pytest's included).
 # Time budget (timeout per step): setup ~15 s, pytest -m gpu 120 s (neuron-loop and recurrent
 # kernels vs the XLA loops), gpu tiers 210 s (gpu-rec: the recurrent kernel, "fwd+bwd us/step" in
-# the table), peak memory 40 s, torch peers 35 s: <= 420 s.
+# the table), peak memory 40 s, torch peers 35 s, resource figures 120 s: <= 540 s.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/results}"
@@ -73,6 +76,17 @@ step "PyTorch peers (snnTorch / SpikingJelly, where installed)"
 timeout 35 $PY bench/torch_peers.py --tiers "$PEER_TIERS" --out "$OUT" --repeats 5 --min-time 0.5 \
   ${CSV:+--compare "$CSV"}
 [ $? -eq 124 ] && echo "torch peers: TIMED OUT after 35 s"
+
+step "compile-time resource figures of the kernels on this GPU (ptxas -v; docs/kernels.md, GPU resources)"
+# each case compiled in its own process for the local GPU: registers, spills, shared memory, occupancy
+timeout 120 $PY -m bench.gpu_compile --target local --cases docs --jobs "${RES_JOBS:-12}" --timeout 90 \
+  --out "$OUT/gpu_resources.md" > /dev/null
+rc=$?
+case $rc in
+  0) echo "gpu resources: $OUT/gpu_resources.md (+ .json)" ;;
+  124) echo "gpu resources: TIMED OUT after 120 s" ;;
+  *) echo "gpu resources: rc $rc (a case did not compile, or lacks its kernels: see $OUT/gpu_resources.md)" ;;
+esac
 
 step "done"
 ls -la "$OUT"

@@ -46,9 +46,12 @@ from .pallas_neuron import eligible as neuron_eligible
 from .tiling import RecLayout, RecTiling, compiler_params, layout_target, next_pow2, round_up
 
 __all__ = ["recurrent_batched", "eligible", "unsupported", "size_reason", "default_tiling", "resident_w",
-           "dot_dtype_of", "MAX_N", "RESIDENT_W_BYTES"]
+           "dot_dtype_of", "MAX_N", "GPU_MAX_N", "RESIDENT_W_BYTES"]
 
 MAX_N = 1024
+# GPU (Triton): W^T is one block in shared memory (224 KiB per block on an H100/H200), so float32 W of
+# 256+ padded neurons (256 KiB) does not compile (RESOURCE_EXHAUSTED); docs/kernels.md, "GPU resources"
+GPU_MAX_N = 128
 RESIDENT_W_BYTES = {"gpu": 64 * 1024, "tpu": 8 * 1024 * 1024, "any": 64 * 1024}
 
 
@@ -63,6 +66,9 @@ def size_reason(n: int, platform: Optional[str] = None) -> Optional[str]:
     """None if a recurrent layer of ``n`` neurons fits the kernels' size limit, else why not."""
     plat = (platform or jax.default_backend()).lower()
     n_pad = round_up(n, 128) if plat == "tpu" else next_pow2(n)
+    if plat in ("gpu", "cuda", "rocm") and n_pad > GPU_MAX_N:
+        return (f"the recurrent layer has {n} neurons (padded {n_pad}) > {GPU_MAX_N}: W_rec does not fit on chip "
+                f"(GPU shared memory); the XLA loop runs one GEMM per step instead")
     if n_pad > MAX_N:
         return (f"the recurrent layer has {n} neurons (padded {n_pad}) > {MAX_N}: W_rec does not fit on chip "
                 f"next to the state tiles; the XLA loop runs one GEMM per step instead")

@@ -170,7 +170,10 @@ class RecLayout(_Layout):
 
     @property
     def num_warps(self) -> int:
-        return 4 if self.n_pad * self.bB <= 8192 else 8
+        # n_pad // 8 warps (4..16): the resident W^T takes n_pad^2 / (32 * num_warps) <= 32 registers per
+        # thread; with 4 warps at n_pad = 128 it took 128 and the backward kernel spilled (docs/kernels.md,
+        # "GPU resources")
+        return min(16, max(4, self.n_pad // 8))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -307,7 +307,10 @@ def test_rec_tiling_and_eligible():
         RecTiling("gpu", block_b=24).layout(10, 4, 8)
     with pytest.raises(ValueError, match="multiple of 8"):
         RecTiling("tpu", block_b=12).layout(10, 4, 8)
-    assert PR.eligible(10, 256, jnp.float32, "cuda") is None
+    assert PR.eligible(10, 128, jnp.float32, "cuda") is None
+    # GPU: W^T of 256+ padded neurons does not fit in shared memory (tests/test_gpu_compile.py)
+    assert "GPU shared memory" in PR.eligible(10, 256, jnp.float32, "cuda")
+    assert PR.eligible(10, 256, jnp.float32, "tpu") is None
     assert PR.eligible(10, 1024, jnp.bfloat16, "tpu") is None
     assert "1025" in PR.eligible(10, 1025, jnp.float32, "cuda")
     assert "dtype" in PR.eligible(10, 8, jnp.int32, "cpu")
@@ -440,9 +443,11 @@ def test_lowering_forward_and_backward(kind, platform):
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
-def test_lowering_large_w_read_per_step_and_time_chunks(platform):
+def test_lowering_large_w_read_per_step_and_time_chunks(platform, monkeypatch):
     # 300 neurons: GPU n_pad 512 (W^T 1 MiB, read per step), TPU 384 (resident); T = 200 in TPU
-    # chunks of 64 (masked); 40 samples in several batch tiles; float32, no outputs, last current only
+    # chunks of 64 (masked); 40 samples in several batch tiles; float32, no outputs, last current only.
+    # On GPU this lowers but does not compile (shared memory), so the GPU size limit is lifted here
+    monkeypatch.setattr(PR, "GPU_MAX_N", 512)
     text = lower("LIF", platform, n=300, T=200, B=40, ff_dtype=jnp.float32, want_out=False, want_cur=False)
     assert text.count(CUSTOM_CALL[platform]) == 2
 

@@ -211,13 +211,15 @@ class _Planner:
 
 
 def make_plan(struct, layers: Sequence, xs: Sequence, states: Sequence, *,
-              reference_reason: Optional[str] = None) -> Plan:
+              reference_reason: Optional[str] = None, arrays: Sequence = ()) -> Plan:
     """The plan for a model of ``layers`` over ``struct``, for one sample: ``xs`` the external
     inputs ``(T, *in_shape)`` and ``states`` the layer states (arrays or ``jax.ShapeDtypeStruct`` s;
     only shapes and dtypes are read), under the current backend settings (read now, at trace time).
-    ``reference_reason``: why the model must take the reference path (a custom forward_fn)."""
+    ``reference_reason``: why the model must take the reference path (a custom forward_fn).
+    ``arrays``: the call's inputs (values or tracers), whose shardings may name the device compiled
+    for (:func:`~snnkern.kernels.platform.tracing_platform`)."""
     requested = dispatch.current_backend()
-    platform = dispatch.tracing_platform()
+    platform = dispatch.tracing_platform(*arrays)
     if requested == "reference":
         plan = Plan(PlanPath.REFERENCE, backend=requested, platform=platform)
     elif reference_reason is not None:

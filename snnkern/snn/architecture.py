@@ -104,11 +104,12 @@ class StatefulModel(eqx.Module):
             return "a custom loop_fn always takes the reference path"
         return None
 
-    def plan(self, xs: Sequence, states) -> Plan:
+    def plan(self, xs: Sequence, states, arrays: Sequence = ()) -> Plan:
         """The plan of a call on ``xs`` (external inputs ``(T, *in_shape)``) from ``states``; arrays
-        or ``jax.ShapeDtypeStruct`` s (only shapes and dtypes are read)."""
+        or ``jax.ShapeDtypeStruct`` s (only shapes and dtypes are read; ``arrays``, the call's inputs,
+        may name the device compiled for through their shardings)."""
         return make_plan(self.graph_structure, self.layers, list(xs), states,
-                         reference_reason=self.reference_reason())
+                         reference_reason=self.reference_reason(), arrays=arrays)
 
     def explain(self, in_shape=None, T: Optional[int] = None, dtype=jnp.float32) -> Plan:
         """The plan a call with inputs of feature shape ``in_shape`` (or an input array / list of
@@ -130,7 +131,7 @@ class StatefulModel(eqx.Module):
         single = not isinstance(input_batch, (list, tuple))
         xs = [input_batch] if single else list(input_batch)
         check_call(self, input_states, xs, key, burnin)
-        plan = self.plan(_abstract(xs), _abstract(input_states))
+        plan = self.plan(_abstract(xs), _abstract(input_states), arrays=xs)
         if plan.path is PlanPath.REFERENCE:
             batch = xs[0] if single else xs
             forward = ft.partial(self.forward_fn, self.layers, self.graph_structure, key)

@@ -91,12 +91,20 @@ def trees_close(got, want, atol: float = OUT_ATOL, rtol: float = OUT_RTOL, rel_t
     return True
 
 
-def assert_results_close(got, want, what: str = ""):
-    """``(final_states, outputs, gradients)`` triples (:func:`run_path`) with the module's tolerances."""
+GRAD_TOL = (GRAD_ATOL, GRAD_RTOL, "element")
+# the Pallas recurrent kernel sums dW/dI over B x T terms in its own order: gradient entries that
+# nearly cancel (0.018 in a leaf of magnitude 3) differ by ~1e-5, i.e. ~5e-6 of the leaf's scale
+KERNEL_GRAD_TOL = (GRAD_ATOL, GRAD_RTOL, "leaf")
+
+
+def assert_results_close(got, want, what: str = "", grad_tol=GRAD_TOL):
+    """``(final_states, outputs, gradients)`` triples (:func:`run_path`) with the module's tolerances
+    (``grad_tol``: ``(atol, rtol, rel_to)`` of the gradients)."""
     assert_trees_close(got[1], want[1], OUT_ATOL, OUT_RTOL, f"{what} outputs")
     assert_trees_close(got[0], want[0], OUT_ATOL, OUT_RTOL, f"{what} final states")
     if want[2] is not None or got[2] is not None:
-        assert_trees_close(got[2], want[2], GRAD_ATOL, GRAD_RTOL, f"{what} gradients")
+        atol, rtol, rel_to = grad_tol
+        assert_trees_close(got[2], want[2], atol, rtol, f"{what} gradients", rel_to=rel_to)
 
 
 # ================================================================================================
@@ -374,7 +382,7 @@ def _event(msg):
 
 
 def check_equivalent(model, states, x, key, burnin: int = 0, batched: bool = False, grads: bool = True,
-                     backend: str = "xla", fire=assert_rates):
+                     backend: str = "xla", fire=assert_rates, grad_tol=GRAD_TOL):
     """Assert that ``backend``'s planned path equals the reference: outputs, final states and
     (``grads``) gradients wrt model, states and input. Returns the reference ``(finals, outs, grads)``
     and whether a legitimate near-threshold flip happened.
@@ -395,7 +403,7 @@ def check_equivalent(model, states, x, key, burnin: int = 0, batched: bool = Fal
         fire(rates)
     p_f, p_o, p_g = run_path(backend, model, states, x, key, burnin, batched, grads)
     if trees_close(r_o, p_o) and trees_close(r_f, p_f):
-        assert_results_close((p_f, p_o, p_g), (r_f, r_o, r_g), f"{backend} vs reference:")
+        assert_results_close((p_f, p_o, p_g), (r_f, r_o, r_g), f"{backend} vs reference:", grad_tol)
         return (r_f, r_o, r_g), False
     div = first_divergence(model, states, x, key, batched, backend)
     assert div is not None, "outputs/final states differ but no prefix run shows a differing state"
@@ -410,12 +418,13 @@ def check_equivalent(model, states, x, key, burnin: int = 0, batched: bool = Fal
 
 
 def assert_matches_reference(model, states, x, key, burnin: int = 0, batched: bool = False,
-                             backend: str = "xla"):
+                             backend: str = "xla", grad_tol=GRAD_TOL):
     """The standard path comparison: every spiking layer fires in [2 %, 98 %] on this input, and
     ``backend`` gives the reference's outputs, final states and gradients, with no spike flip (a
     deterministic case that hits a near-threshold tie should pick another seed). Returns the
     reference ``(finals, outs, grads)``."""
-    res, flipped = check_equivalent(model, states, x, key, burnin=burnin, batched=batched, backend=backend)
+    res, flipped = check_equivalent(model, states, x, key, burnin=burnin, batched=batched, backend=backend,
+                                    grad_tol=grad_tol)
     assert not flipped, "a hand-picked case hit a near-threshold spike flip: pick another seed"
     return res
 

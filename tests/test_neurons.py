@@ -17,6 +17,7 @@ from snnkern import snn
 from snnkern.functional.surrogate import superspike_surrogate
 
 import _np_reference as ref
+from helpers import data
 
 f32 = np.float32
 ATOL = 1e-5
@@ -87,7 +88,7 @@ LIST_RETURNING = {"SimpleLIF", "LIF", "LIFSoftReset", "AdaptiveLIF"}
 
 def _inputs(name, lo, hi, T=12, n=4):
     seed = sum(map(ord, name))  # fixed, per case
-    x = np.random.default_rng(seed).uniform(lo, hi, (T, n)).astype(f32)
+    x = np.asarray(data((T, n), seed, lo, hi))
     if name.startswith("SpikeCounter"):
         x = (x > 0.5).astype(f32)
     return x
@@ -257,7 +258,7 @@ def _half(shape, key, *args, **kwargs):
 ], ids=["SimpleLIF-low", "SimpleLIF-high", "LIF-low", "LIF-alpha-high", "LIF-beta-high", "LIFSoftReset",
         "IAF", "SimpleLI-high", "SimpleLI-low", "AdaptiveLIF-a", "AdaptiveLIF-b"])
 def test_decay_constants_are_clamped_at_call_time(clamped, bound):
-    xs = np.random.default_rng(7).uniform(0.0, 2.0, (8, 3)).astype(f32)
+    xs = np.asarray(data((8, 3), seed=7, hi=2.0))
     a, b = clamped(), bound()
     sa, oa = run_neuron(a, a.init_state((3,), jax.random.PRNGKey(0)), xs)
     sb, ob = run_neuron(b, b.init_state((3,), jax.random.PRNGKey(0)), xs)

@@ -1,6 +1,16 @@
-"""Shared fixtures for the snnkern test suite.
+"""Shared fixtures and the Hypothesis profiles of the snnkern test suite.
 
 Everything random uses fixed PRNG keys / numpy seeds so failures are reproducible.
+
+Hypothesis profiles (``pytest --hypothesis-profile=NAME``; default ``ci``):
+
+- ``ci`` (``make test``): derandomized (the same examples every run), no example database, no
+  deadline (the first example of a test compiles for seconds), and **no shrink phase**: a failing
+  model is reported as drawn (``note`` prints its plan and run) instead of being shrunk by
+  re-running hundreds of compiles, which would hang CI. ``max_examples`` 8: each example of the
+  model-equivalence properties costs ~1-2 s (three compilations), so the five of them draw 40
+  models in ~1.5 minutes on 2 cores.
+- ``thorough``: random examples, 60 each, with shrinking (for a local hunt; ~15 minutes).
 """
 import glob
 import importlib.util
@@ -19,9 +29,17 @@ if ("JAX_PLATFORMS" not in os.environ and not glob.glob("/dev/nvidia[0-9]*")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 
-# the numpy oracle (_np_reference.py) lives next to the tests; make it importable in any import mode
+# the helpers (helpers.py, _np_reference.py) live next to the tests; make them importable in any import mode
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+_SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+settings.register_profile("ci", max_examples=6, deadline=None, derandomize=True, database=None, print_blob=True,
+                          phases=(Phase.explicit, Phase.reuse, Phase.generate), suppress_health_check=_SLOW_OK)
+settings.register_profile("thorough", max_examples=60, deadline=None, print_blob=True,
+                          suppress_health_check=_SLOW_OK)
+settings.load_profile("ci")   # the pytest option --hypothesis-profile (applied after this file) overrides it
 
 
 @pytest.fixture

@@ -7,13 +7,9 @@ far above chance, with a wide margin for float / library-version noise.
 import os
 import re
 
+import jax
 import numpy as np
 import pytest
-
-pytest.importorskip("sklearn")
-pytest.importorskip("optax")
-pytest.importorskip("matplotlib")
-pytest.importorskip("tqdm")
 
 import jax
 

@@ -9,14 +9,19 @@ Three kinds of checks:
   same float32 operation order and store the same residuals, so outputs, reads and final states
   must agree to 1e-6 (observed: bitwise equal) and gradients to atol 1e-5 / rtol 1e-5 (observed:
   bitwise equal; the slack covers XLA CPU fusion choices such as FMA contraction).
-  Through a model: ``snnkern.backend("pallas-interpret")`` against the reference path, with the
-  tolerances of tests/test_equivalence.py (skipped while the backend is not routed to the kernel).
+  Through a model: ``snnkern.backend("pallas-interpret")`` against the reference path (outputs,
+  final states, gradients; the tolerances of tests/helpers.py), in the GPU tile layout and in the
+  TPU layout with masked padded time steps. Every spiking neuron fires on 2-98 % of its steps.
 - **lowering without hardware**: the forward and the backward (``value_and_grad`` under ``vmap``)
   are lowered for ``cuda`` (Triton; an abstract H200 device stands in for the GPU) and for ``tpu``
   (Mosaic), and the lowered module must contain the kernels' custom calls. This runs the whole
   Pallas -> Triton-IR / Mosaic-MLIR lowering of every neuron's step and of its VJP; only the
   device compilers (ptxas / the TPU compiler) are not exercised.
-- **on a GPU** (``@pytest.mark.gpu``, skipped elsewhere): the compiled kernels against the XLA loop.
+- **on a GPU** (``@pytest.mark.gpu``, skipped elsewhere): the compiled kernels against the XLA loop,
+  spike trains elementwise and every final state; a spike may differ only where the reference's
+  membrane lies within 1e-4 of the threshold (FMA contraction in Triton vs XLA rounds differently),
+  and what such a flip changes afterwards (its neuron's later steps) is left out of the comparison
+  of outputs, states and gradients.
 """
 from __future__ import annotations
 
@@ -41,6 +46,9 @@ from snnkern.plan.planner import neuron_step as _neuron_step
 
 def _spike_idx(layer):
     return layer.binary_state_entries()
+
+from helpers import (assert_matches_reference, assert_rate, assert_trees_close, data, flip_columns,
+                     membrane_index, pre_spike_gap, scale_linear)
 
 _ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:      # `pytest` (not `python -m pytest`) does not put the root on the path
@@ -67,7 +75,9 @@ def setup(kind, n=37, T=11, B=2, seed=0, x_dtype=jnp.float32):
     # a non-zero initial state, spikes included (0/1 entries, and a non-binary one for the exact
     # state0 path at t = 0)
     st = [s + 0.4 * jax.random.uniform(jax.random.fold_in(k[1], j), (n,)) for j, s in enumerate(st)]
-    xs = (1.2 * jax.random.normal(k[2], (B, T, n)) + 0.3).astype(x_dtype)
+    # mean 1.2 above the thresholds (0.4-0.9): the slow LIF (alpha 0.9) fires within 11 steps
+    # (4 %); the spread (sd 1.2) keeps the integrators (IAF 89 %, SigmaDelta 87 %) below saturation
+    xs = (1.2 * jax.random.normal(k[2], (B, T, n)) + 1.2).astype(x_dtype)
     return layer, layer.params(), st, xs
 
 
@@ -82,9 +92,11 @@ def batched(fn, layer, want_out=True, want_read=True, **kw):
     return jax.jit(jax.vmap(one, in_axes=(None, None, 0)))
 
 
-def loss_of(fn, layer, want_out=True, want_read=True, **kw):
+def loss_of(fn, layer, want_out=True, want_read=True, keep=None, **kw):
     """jit(value_and_grad) of a loss mixing every output, read and final-state entry; the loop's
-    results come back as the aux value, so one compilation checks forward and backward."""
+    results come back as the aux value, so one compilation checks forward and backward. ``keep``
+    (B, n) bool: only those (sample, neuron) columns enter the loss (the others get no cotangent, so
+    they add nothing to any gradient)."""
     run = jax.vmap(lambda p, s, x: fn(_neuron_step(layer), p, s, x, _spike_idx(layer), want_out=want_out,
                                       want_read=want_read, out_is_last_state=True, **kw),
                    in_axes=(None, None, 0))
@@ -92,8 +104,11 @@ def loss_of(fn, layer, want_out=True, want_read=True, **kw):
     def loss(params, st, xs):
         sT, outs, reads = run(params, st, xs)
         T = xs.shape[1]
-        w = jnp.cos(jnp.arange(T, dtype=jnp.float32))[None, :, None]
-        val = sum(jnp.sum(jnp.sin(s.astype(jnp.float32) * (j + 1))) for j, s in enumerate(sT))
+        w = jnp.cos(jnp.arange(T, dtype=jnp.float32)).reshape((1, T) + (1,) * (xs.ndim - 2))
+        m = 1.0 if keep is None else jnp.asarray(keep, jnp.float32)        # (B, *neuron shape)
+        val = sum(jnp.sum(m * jnp.sin(s.astype(jnp.float32) * (j + 1))) for j, s in enumerate(sT))
+        if keep is not None:
+            w = w * m[:, None]
         if outs is not None:
             val = val + jnp.sum(outs.astype(jnp.float32) * w)
         if reads is not None:
@@ -103,26 +118,67 @@ def loss_of(fn, layer, want_out=True, want_read=True, **kw):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
 
 
-def assert_trees_close(a, b, atol, rtol=0.0, what=""):
-    la, ta = jax.tree.flatten(eqx.filter(a, eqx.is_array))
-    lb, tb = jax.tree.flatten(eqx.filter(b, eqx.is_array))
-    assert ta == tb, f"{what}: structures differ: {ta} vs {tb}"
-    for k, (u, v) in enumerate(zip(la, lb)):
-        assert u.shape == v.shape and u.dtype == v.dtype, f"{what} leaf {k}: {u.shape}/{u.dtype} vs {v.shape}/{v.dtype}"
-        np.testing.assert_allclose(np.asarray(u, np.float32), np.asarray(v, np.float32), atol=atol, rtol=rtol,
-                                   err_msg=f"{what} leaf {k}")
+def check_problem(layer, params, st, xs, what, want_out=True, want_read=True, **kw):
+    """Forward results and gradients of the interpreted kernels vs the XLA loop (jit + vmap), on
+    spike trains that fire 2-98 % (the outputs, or the reads: the same spikes one step later)."""
+    (l_ref, ref), g_ref = loss_of(NL.neuron_loop, layer, want_out, want_read)(params, st, xs)
+    (l_got, got), g_got = loss_of(PN.neuron_loop, layer, want_out, want_read, interpret=True, **kw)(params, st, xs)
+    if layer.spike_states:
+        assert_rate(ref[1] if want_out else ref[2], f"{what} spikes")
+    assert_trees_close(got, ref, OUT_ATOL, what=f"{what} forward")
+    np.testing.assert_allclose(float(l_got), float(l_ref), rtol=1e-6, atol=1e-6)
+    assert_trees_close(g_got, g_ref, GRAD_ATOL, GRAD_RTOL, what=f"{what} gradients")
+    return g_ref
 
 
 def check_equal(kind, want_out=True, want_read=True, n=37, T=11, x_dtype=jnp.float32, **kw):
-    """Forward results and gradients of the interpreted kernels vs the XLA loop (jit + vmap)."""
-    layer, params, st, xs = setup(kind, n=n, T=T, x_dtype=x_dtype)
-    (l_ref, ref), g_ref = loss_of(NL.neuron_loop, layer, want_out, want_read)(params, st, xs)
-    (l_got, got), g_got = loss_of(PN.neuron_loop, layer, want_out, want_read, interpret=True, **kw)(params, st, xs)
-    assert_trees_close(got, ref, OUT_ATOL, what=f"{kind} forward")
-    if want_out and layer.spike_states:
-        assert 0 < float(jnp.mean(ref[1])) < 1, "no spikes or only spikes: the comparison would be vacuous"
-    np.testing.assert_allclose(float(l_got), float(l_ref), rtol=1e-6, atol=1e-6)
-    assert_trees_close(g_got, g_ref, GRAD_ATOL, GRAD_RTOL, what=f"{kind} gradients")
+    return check_problem(*setup(kind, n=n, T=T, x_dtype=x_dtype), kind, want_out, want_read, **kw)
+
+
+def reference_entering_states(layer, params, st, xs):
+    """The state entering every step, ``[(B, T, n)] per entry``, of a plain per-sample scan (the
+    values the reference decides each spike from)."""
+    step = _neuron_step(layer)
+
+    def one(x):
+        return jax.lax.scan(lambda s, xt: (step(params, s, xt)[0], s), list(st), x)[1]
+
+    return jax.jit(jax.vmap(one))(xs)
+
+
+def check_allowing_flips(kind, n, T, B, fwd_tol, grad_tol, max_flipped=0.01, **kw):
+    """The kernels (``kw``: compiled, or interpreted) against the XLA loop where rounding may
+    differ (GPU: FMA contraction in Triton vs XLA). Spike trains are compared elementwise; a spike
+    may differ only where the reference's pre-spike membrane is within 1e-4 of the threshold
+    (:func:`helpers.flip_columns`), and the (sample, neuron) columns such a flip changes (its later
+    steps, its final state) are left out: their outputs and final states are not compared and the
+    loss gives them no cotangent, so every gradient (parameters, state0, xs) is compared in full on
+    both paths. At most ``max_flipped`` of the columns may be left out."""
+    layer, params, st, xs = setup(kind, n=n, T=T, B=B)
+    (_, ref), g_ref = loss_of(NL.neuron_loop, layer)(params, st, xs)
+    (_, got), g_got = loss_of(PN.neuron_loop, layer, **kw)(params, st, xs)
+    keep = np.ones((B, n), bool)
+    if layer.spike_states:
+        assert_rate(ref[1], f"{kind} spikes")
+        s_in = reference_entering_states(layer, params, st, xs)
+        gap = jax.jit(jax.vmap(jax.vmap(lambda s, x: pre_spike_gap(_neuron_step(layer), params, s, x,
+                                                                   membrane_index(layer)))))(s_in, xs)
+        keep = ~flip_columns(got[1], ref[1], gap)
+        assert keep.mean() >= 1 - max_flipped, f"{kind}: {int((~keep).sum())} columns flipped"
+    cols = lambda a, b, lead: np.where(keep.reshape(keep.shape[:1] + (1,) * lead + keep.shape[1:]), a, b)  # noqa: E731
+    sT, outs, reads = got
+    for k, (u, v) in enumerate(zip(sT, ref[0])):
+        np.testing.assert_allclose(cols(np.asarray(u), np.asarray(v), 0), np.asarray(v), atol=fwd_tol,
+                                   rtol=fwd_tol, err_msg=f"{kind} final state entry {k}")
+    spike_tol = 0.0 if layer.spike_states else fwd_tol
+    np.testing.assert_allclose(cols(np.asarray(outs), np.asarray(ref[1]), 1), np.asarray(ref[1]), atol=spike_tol,
+                               rtol=spike_tol, err_msg=f"{kind} outputs")
+    np.testing.assert_allclose(cols(np.asarray(reads), np.asarray(ref[2]), 1), np.asarray(ref[2]), atol=spike_tol,
+                               rtol=spike_tol, err_msg=f"{kind} reads")
+    if not keep.all():
+        _, g_ref = loss_of(NL.neuron_loop, layer, keep=keep)(params, st, xs)
+        _, g_got = loss_of(PN.neuron_loop, layer, keep=keep, **kw)(params, st, xs)
+    assert_trees_close(g_got, g_ref, grad_tol, grad_tol, what=f"{kind} gradients")
     return g_ref
 
 
@@ -132,8 +188,11 @@ def check_equal(kind, want_out=True, want_read=True, n=37, T=11, x_dtype=jnp.flo
 
 @pytest.mark.parametrize("kind", NEURONS)
 def test_every_neuron_matches_xla_loop(kind):
-    # 37 neurons in tiles of 32 (GPU layout: 32 lanes x 1 row): two tiles, 27 padded neurons
-    g = check_equal(kind, block_n=32)
+    # 37 neurons in tiles of 32 (GPU layout: 32 lanes x 1 row): two tiles, 27 padded neurons. The
+    # comparison of the GPU test below, here with the interpreted kernels: their rounding is the
+    # XLA loop's, so no spike may flip (max_flipped 0) and the tolerances are the tight ones
+    g = check_allowing_flips(kind, n=37, T=11, B=2, fwd_tol=OUT_ATOL, grad_tol=GRAD_ATOL, max_flipped=0.0,
+                             interpret=True, block_n=32)
     if kind != "SpikeCounter":   # the gradients are not all zero
         assert any(float(jnp.max(jnp.abs(l))) > 0 for l in jax.tree.leaves(g[0]) + jax.tree.leaves(g[2]))
 
@@ -161,13 +220,12 @@ def test_time_chunks_several_row_tiles():
 
 
 def test_multidim_neuron_shape():
-    layer = snn.LIF([0.9, 0.8])
-    params = layer.params()
+    # (3, 5, 7) neurons flattened into tiles; a threshold of 0.5 under currents of mean 1, sd 2
+    # fires ~20 % of the steps of T = 8 (the deferred LIF needs two steps to see a current)
+    layer = snn.LIF([0.8, 0.7], threshold=jnp.array(0.5))
     st = layer.init_state((3, 5, 7), None)
-    xs = jax.random.normal(jax.random.PRNGKey(3), (2, 6, 3, 5, 7)) * 2
-    ref = batched(NL.neuron_loop, layer)(params, st, xs)
-    got = batched(PN.neuron_loop, layer, interpret=True, block_n=32)(params, st, xs)
-    assert_trees_close(got, ref, OUT_ATOL, what="(3, 5, 7) neurons")
+    xs = jax.random.normal(jax.random.PRNGKey(3), (2, 8, 3, 5, 7)) * 2 + 1.0
+    check_problem(layer, layer.params(), st, xs, "(3, 5, 7) neurons", block_n=32)
 
 
 def test_unbroadcastable_params_fall_back_to_xla():
@@ -230,38 +288,34 @@ def test_layout_target():
 
 
 def _model(keys):
-    import equinox.nn as nn
-    # a hidden neuron (the kernel emits the shifted read sequence) and a final one (outputs)
-    return snn.Sequential(nn.Linear(6, 37, key=keys[0]), snn.LIF([0.9, 0.8], threshold=jnp.array(0.5)),
-                          nn.Linear(37, 19, key=keys[1]), snn.SigmaDelta([0.5, 0.6, 0.7]))
+    # a hidden neuron (the kernel emits the shifted read sequence) and a final one (outputs). The
+    # default Linear init gives currents of ~0.3; x3 with a +0.8 bias drives the slow LIF (alpha
+    # 0.9, threshold 0.5) on 7 % of its 13 steps, x2 with +0.3 the SigmaDelta (threshold 0.7) on 17 %
+    return snn.Sequential(scale_linear(eqx.nn.Linear(6, 37, key=keys[0]), 3.0, 0.8),
+                          snn.LIF([0.9, 0.8], threshold=jnp.array(0.5)),
+                          scale_linear(eqx.nn.Linear(37, 19, key=keys[1]), 2.0, 0.3),
+                          snn.SigmaDelta([0.5, 0.6, 0.7], threshold=jnp.array(0.7)))
 
 
-def test_model_backend_matches_reference(monkeypatch, keys):
+@pytest.mark.parametrize("layout", ["gpu-tiles", "tpu-time-chunks"])
+def test_model_backend_matches_reference(monkeypatch, keys, layout):
+    """The whole model under ``pallas-interpret`` (both neurons run the interpreted kernels) against
+    the reference: outputs, final states and gradients. ``tpu-time-chunks``: the kernels in their
+    TPU grid layout, T = 13 in chunks of 4, so 3 padded steps must be masked out."""
     calls = []
     orig = PN.neuron_loop
+    layout_kw = {} if layout == "gpu-tiles" else {"block_t": 4}
 
     def spy(*a, **k):
         calls.append(k.get("interpret"))
-        return orig(*a, **k)
+        return orig(*a, **{**k, **layout_kw})
 
     monkeypatch.setattr(PN, "neuron_loop", spy)
     model = _model(keys)
     st = model.init_state((6,), keys[3])
-    xb = 2.0 * jax.random.normal(keys[4], (3, 12, 6))
-
-    def loss(model, st, xb, be):
-        with snnkern.backend(be):
-            f, o = eqx.filter_vmap(model, in_axes=(None, 0, None))(st, xb, keys[5])
-        return jnp.sum(o[0] ** 2) + sum(jnp.sum(jnp.sin(l)) for l in jax.tree.leaves(f)), (f, o)
-
-    vg = eqx.filter_jit(eqx.filter_value_and_grad(loss, has_aux=True))
-    (l_got, aux_got), g_got = vg(model, st, xb, "pallas-interpret")
-    if not calls:
-        pytest.skip("the pallas-interpret backend is not routed to kernels/pallas_neuron.py yet")
-    assert all(calls), "the kernels must run in interpret mode under pallas-interpret"
-    (l_ref, aux_ref), g_ref = vg(model, st, xb, "reference")
-    assert_trees_close(aux_got, aux_ref, 1e-5, 1e-5, what="model outputs/final states")
-    assert_trees_close(g_got, g_ref, 1e-5, 1e-4, what="model gradients")   # tolerances of test_equivalence
+    xb = data((3, 13, 6), seed=4, lo=-1.0, hi=2.0)
+    assert_matches_reference(model, st, xb, keys[5], batched=True, backend="pallas-interpret")
+    assert calls and all(calls), f"the kernels must run, interpreted, under pallas-interpret: {calls}"
 
 
 # ================================================================================================
@@ -344,8 +398,6 @@ def test_model_lowers_with_pallas_backend(platform, keys):
     with jax.sharding.use_abstract_mesh(_abstract_mesh(platform)), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         text = jax.jit(jax.value_and_grad(loss)).trace(params, st, xb).lower(lowering_platforms=(platform,)).as_text()
-    if text.count(CUSTOM_CALL[platform]) == 0:
-        pytest.skip("the pallas backend is not routed to kernels/pallas_neuron.py yet")
     assert text.count(CUSTOM_CALL[platform]) == 4     # LIF and SigmaDelta, forward and backward
 
 
@@ -353,29 +405,38 @@ def test_model_lowers_with_pallas_backend(platform, keys):
 # on a real GPU
 
 
+def test_flip_columns_allows_only_near_threshold_flips():
+    ref = np.zeros((2, 4, 3))
+    ref[0, 1, 2] = ref[1, 3, 0] = 1.0
+    gap = np.full((2, 4, 3), 0.3)
+    got = ref.copy()
+    got[0, 1, 2], gap[0, 1, 2] = 0.0, 5e-5          # a near-threshold flip: column (0, 2) left out
+    got[0, 2:, 2] = 1.0                               # ... with whatever follows it in that column
+    assert flip_columns(got, ref, gap).tolist() == [[False, False, True], [False, False, False]]
+    assert flip_columns(got, ref, gap, coupled=True).tolist() == [True, False]
+    got[1, 3, 1] = 1.0                                # a flip 0.3 away from the threshold
+    with pytest.raises(AssertionError, match="from the threshold"):
+        flip_columns(got, ref, gap)
+    with pytest.raises(AssertionError, match="from the threshold"):
+        flip_columns(got, ref, gap, coupled=True)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
 @pytest.mark.parametrize("kind", NEURONS)
 def test_compiled_on_gpu_matches_xla_loop(kind):
-    layer, params, st, xs = setup(kind, n=1000, T=64, B=4)
-    ref = batched(NL.neuron_loop, layer)(params, st, xs)
+    # states and membranes to 1e-4 after 64 steps (FMA rounding compounds through the decays);
+    # gradients to 1e-3 (surrogate derivatives at rounded membranes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        got = batched(PN.neuron_loop, layer)(params, st, xs)
-        _, g_got = loss_of(PN.neuron_loop, layer)(params, st, xs)
-    # GPU rounding (FMA contraction in Triton vs XLA) may flip near-threshold spikes: compare
-    # membranes loosely and the spike rate tightly
-    np.testing.assert_allclose(np.asarray(got[0][0]), np.asarray(ref[0][0]), atol=1e-3)
-    np.testing.assert_allclose(float(jnp.mean(got[1])), float(jnp.mean(ref[1])), atol=1e-3)
-    _, g_ref = loss_of(NL.neuron_loop, layer)(params, st, xs)
-    assert_trees_close(g_got, g_ref, 1e-3, 1e-3, what=f"{kind} gradients on GPU")
+        check_allowing_flips(kind, n=1000, T=64, B=4, fwd_tol=1e-4, grad_tol=1e-3)
 
 
 # ================================================================================================
 # residual_dtype: narrower membrane residuals (docs/kernels.md, "Membrane residual precision")
 
 # measured at these sizes (LIF, n=37, T=11, B=2): largest per-leaf relative gradient difference
-# bf16 vs the default (float32) residuals 1.2e-2; the bound leaves 4x room
+# bf16 vs the default (float32) residuals 1.5e-2; the bound leaves 3x room
 BF16_RESIDUAL_GRAD_RTOL = 5e-2
 
 

@@ -43,7 +43,9 @@ from snnkern.plan.planner import neuron_step as _neuron_step
 
 def _spike_idx(layer):
     return layer.binary_state_entries()
-from test_pallas import CUSTOM_CALL, _abstract_mesh, assert_trees_close
+from helpers import (KERNEL_GRAD_TOL, assert_matches_reference, assert_rate, assert_trees_close, data, flip_columns,
+                     membrane_index, pre_spike_gap, scale_linear)
+from test_pallas import CUSTOM_CALL, _abstract_mesh
 
 FWD_ATOL = 1e-5
 GRAD_ATOL, GRAD_RTOL = 1e-4, 1e-4
@@ -81,18 +83,19 @@ def problem(kind, n=37, T=9, B=3, seed=0, bias=True, ff_dtype=jnp.float32):
     return layer, layer.params(), st, ff, w, b
 
 
-def oracle_one(layer, p, st, ff, w, b, want_out=True):
-    """Autodiff of a per-sample lax.scan: the reference's computation."""
+def oracle_one(layer, p, st, ff, w, b, want_out=True, entering=False):
+    """Autodiff of a per-sample lax.scan: the reference's computation. ``entering``: also the state
+    entering each step (what each spike was decided from)."""
     step = _neuron_step(layer)
 
     def body(s, x):
         rec = w @ s[-1]
         i = x + (rec + b if b is not None else rec)
         ns, out = step(p, s, i)
-        return ns, (out if want_out else None, i, s[-1])
+        return ns, (out if want_out else None, i, s[-1], s if entering else None)
 
-    sT, (o, c, r) = jax.lax.scan(body, list(st), ff)
-    return sT, o, c, r
+    sT, (o, c, r, s_in) = jax.lax.scan(body, list(st), ff)
+    return (sT, o, c, r, s_in) if entering else (sT, o, c, r)
 
 
 def loop_one(layer, impl, want_out=True, want_cur=True):
@@ -106,15 +109,18 @@ def loop_one(layer, impl, want_out=True, want_cur=True):
                                                      want_cur=want_cur)
 
 
-def loss_fn(layer, impl, want_out=True, st_axis=None, want_cur=True):
+def loss_fn(layer, impl, want_out=True, st_axis=None, want_cur=True, keep=None):
+    """jit(value_and_grad) of a loss mixing every result; ``keep`` (B,) bool: only those samples
+    enter the loss (the others get no cotangent, so they add nothing to any gradient)."""
     one = loop_one(layer, impl, want_out, want_cur)
 
     def loss(p, st, ff, w, b):
         sT, o, c, r = jax.vmap(one, in_axes=(None, st_axis, 0, None, None))(p, st, ff, w, b)
         T = ff.shape[1]
-        tw = jnp.cos(jnp.arange(T, dtype=jnp.float32))[None, :, None]
-        val = sum(jnp.sum(jnp.sin(s.astype(jnp.float32) * (j + 1))) for j, s in enumerate(sT))
-        val = val + 0.1 * jnp.sum(c.astype(jnp.float32) ** 2) + jnp.sum(r * tw[:, ::-1])
+        m = jnp.ones((ff.shape[0], 1), jnp.float32) if keep is None else jnp.asarray(keep, jnp.float32)[:, None]
+        tw = jnp.cos(jnp.arange(T, dtype=jnp.float32))[None, :, None] * m[:, :, None]
+        val = sum(jnp.sum(m * jnp.sin(s.astype(jnp.float32) * (j + 1))) for j, s in enumerate(sT))
+        val = val + 0.1 * jnp.sum(m[:, :, None] * c.astype(jnp.float32) ** 2) + jnp.sum(r * tw[:, ::-1])
         if o is not None:
             val = val + jnp.sum(o.astype(jnp.float32) * tw)
         return val, (sT, o, c, r)
@@ -122,31 +128,48 @@ def loss_fn(layer, impl, want_out=True, st_axis=None, want_cur=True):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))
 
 
-def grads_close(got, ref, what):
-    """Gradients: atol GRAD_ATOL plus GRAD_RTOL of the leaf's largest magnitude."""
-    la, lb = jax.tree.leaves(got), jax.tree.leaves(ref)
-    assert len(la) == len(lb), what
-    for k, (u, v) in enumerate(zip(la, lb)):
-        assert u.shape == v.shape and u.dtype == v.dtype, f"{what} leaf {k}: {u.shape}/{u.dtype} vs {v.shape}/{v.dtype}"
-        v32 = np.asarray(v, np.float32)
-        tol = GRAD_ATOL + GRAD_RTOL * float(np.max(np.abs(v32)) if v32.size else 0.0)
-        np.testing.assert_allclose(np.asarray(u, np.float32), v32, atol=tol, rtol=0, err_msg=f"{what} leaf {k}")
+def grads_close(got, ref, what, atol=GRAD_ATOL, rtol=GRAD_RTOL):
+    """Gradients: atol plus rtol of the leaf's largest magnitude (sums over B x T terms)."""
+    assert_trees_close(got, ref, atol, rtol, what, rel_to="leaf")
 
 
 def pallas(**kw):
     return functools.partial(PR.recurrent_batched, interpret=True, **kw)
 
 
-def check(kind, impl, want_out=True, bias=True, ff_dtype=jnp.float32, want_cur=True, **prob):
+def check(kind, impl, want_out=True, bias=True, ff_dtype=jnp.float32, want_cur=True, fwd_tol=FWD_ATOL,
+          grad_tol=(GRAD_ATOL, GRAD_RTOL), max_flipped=0.0, **prob):
+    """``impl`` against the oracle: every result, and the gradients of a loss mixing them.
+
+    ``max_flipped`` > 0 (a compiled kernel on a GPU, whose rounding differs): spike trains are
+    compared elementwise, a spike may differ only where the oracle's pre-spike membrane is within
+    1e-4 of the threshold (:func:`helpers.flip_columns`, coupled: a flip changes its whole sample
+    from the next step on, through W_rec), and at most that fraction of the samples may be left out
+    of the comparison; the loss gives them no cotangent, so every gradient is compared in full."""
     layer, p, st, ff, w, b = problem(kind, bias=bias, ff_dtype=ff_dtype, **prob)
     (l_ref, aux_ref), g_ref = loss_fn(layer, "oracle", want_out, want_cur=want_cur)(p, st, ff, w, b)
     (l_got, aux_got), g_got = loss_fn(layer, impl, want_out, want_cur=want_cur)(p, st, ff, w, b)
-    assert_trees_close(aux_got, aux_ref, FWD_ATOL, what=f"{kind} forward")
-    if layer.spike_states and want_out:
-        rate = float(jnp.mean(aux_ref[1]))
-        assert 0.02 < rate < 0.98, f"firing rate {rate}: the comparison would be vacuous"
-    np.testing.assert_allclose(float(l_got), float(l_ref), rtol=1e-5)
-    grads_close(g_got, g_ref, f"{kind} gradients")
+    if layer.spike_states:   # the outputs, or the reads (the same spikes one step later, state0 first)
+        assert_rate(aux_ref[1] if want_out else aux_ref[3][:, 1:], f"{kind} spikes")
+    keep = np.ones(ff.shape[0], bool)
+    if max_flipped > 0 and layer.spike_states:
+        assert want_out, "the flip-tolerant comparison reads the spike outputs"
+        step = _neuron_step(layer)
+        s_in = jax.jit(jax.vmap(lambda x: oracle_one(layer, p, st, x, w, b, entering=True)[4]))(ff)
+        gap = jax.jit(jax.vmap(jax.vmap(lambda s, i: pre_spike_gap(step, p, s, i, membrane_index(layer)))))(
+            s_in, aux_ref[2].astype(jnp.float32))
+        keep = ~flip_columns(aux_got[1], aux_ref[1], gap, coupled=True)
+        assert keep.mean() >= 1 - max_flipped, f"{kind}: {int((~keep).sum())} of {keep.size} samples flipped"
+    rows = lambda a, b: np.where(keep.reshape((-1,) + (1,) * (np.ndim(a) - 1)), a, b)  # noqa: E731
+    got_kept = jax.tree.map(lambda a, b: rows(np.asarray(a, np.float32), np.asarray(b, np.float32)), aux_got, aux_ref)
+    assert_trees_close(got_kept, jax.tree.map(lambda a: np.asarray(a, np.float32), aux_ref), fwd_tol, fwd_tol if
+                       max_flipped > 0 else 0.0, what=f"{kind} forward")
+    if keep.all():
+        np.testing.assert_allclose(float(l_got), float(l_ref), rtol=1e-5)
+    else:
+        _, g_ref = loss_fn(layer, "oracle", want_out, want_cur=want_cur, keep=keep)(p, st, ff, w, b)
+        _, g_got = loss_fn(layer, impl, want_out, want_cur=want_cur, keep=keep)(p, st, ff, w, b)
+    grads_close(g_got, g_ref, f"{kind} gradients", *grad_tol)
     assert float(jnp.max(jnp.abs(g_ref[3]))) > 0, "dW_rec is zero: the recurrence is not exercised"
     return g_got
 
@@ -282,7 +305,9 @@ def test_pallas_several_batch_tiles_no_bias_no_outputs():
 def test_pallas_w_read_every_step(monkeypatch):
     # W^T too big to hold: read from its ref inside the loop (the path of 256+ neurons on GPU)
     monkeypatch.setitem(PR.RESIDENT_W_BYTES, "gpu", 0)
-    check("LIF", pallas())
+    # with the flip-tolerant comparison of the GPU test (the interpreted kernel rounds as the
+    # oracle does, so nothing is left out: it runs the code path the GPU test depends on)
+    check("LIF", pallas(), max_flipped=0.25)
 
 
 def test_pallas_kernel_raises_when_too_large(monkeypatch):
@@ -372,18 +397,26 @@ def test_recurrent_spec_routing(keys, monkeypatch):
 
 
 def rec_model(keys, n=24):
-    comp = snn.CompoundLayer(snn.Parallel([eqx.nn.Linear(5, n, key=keys[0]), eqx.nn.Linear(n, n, key=keys[1])]),
+    # the feed-forward branch x2 with a +0.3 bias (the default init gives currents of ~0.3): the
+    # LIF (threshold 0.3) fires on 11 % of its steps for inputs in [0, 2)
+    ff = scale_linear(eqx.nn.Linear(5, n, key=keys[0]), 2.0, 0.3)
+    comp = snn.CompoundLayer(snn.Parallel([ff, eqx.nn.Linear(n, n, key=keys[1])]),
                              snn.LIF([0.9, 0.8], threshold=jnp.array(0.3)))
     return snn.SequentialLocalFeedback([comp, eqx.nn.Linear(n, 3, key=keys[2]), snn.SimpleLI([0.8])])
 
 
-def test_model_recurrent_pallas_interpret_matches_reference(keys, monkeypatch):
+@pytest.mark.parametrize("layout", ["gpu-tiles", "tpu-time-chunks"])
+def test_model_recurrent_pallas_interpret_matches_reference(keys, monkeypatch, layout):
+    """The recurrent model under ``pallas-interpret`` against the reference: outputs, final states
+    and gradients (dW_rec included). ``tpu-time-chunks``: the recurrent kernel in its TPU grid
+    layout, T = 15 in chunks of 4 (one padded step, masked), samples in tiles of 8."""
     calls = []
     orig = PR.recurrent_batched
+    layout_kw = {} if layout == "gpu-tiles" else {"block_t": 4, "block_b": 8}
 
     def spy(*a, **k):
         calls.append((k.get("interpret"), a[6].shape))
-        return orig(*a, **k)
+        return orig(*a, **{**k, **layout_kw})
 
     monkeypatch.setattr(PR, "recurrent_batched", spy)
     model = rec_model(keys)
@@ -392,23 +425,12 @@ def test_model_recurrent_pallas_interpret_matches_reference(keys, monkeypatch):
     rec = [s for s in plan.steps if s.path is Path.RECURRENT_LOOP]
     assert rec and rec[0].impl is Impl.PALLAS_INTERPRET and rec[0].reason is None, str(plan)
     st = model.init_state((5,), keys[3])
-    xb = 2.0 * jax.random.uniform(keys[4], (4, 15, 5))
-
-    def loss(model, xb, be):
-        with snnkern.backend(be):
-            f, o = eqx.filter_vmap(model, in_axes=(None, 0, None))(st, xb, keys[5])
-        return jnp.sum(o[0] ** 2) + sum(jnp.sum(jnp.sin(l)) for l in jax.tree.leaves(f)), (f, o)
-
-    vg = eqx.filter_jit(eqx.filter_value_and_grad(loss, has_aux=True))
-    (l_got, aux_got), g_got = vg(model, xb, "pallas-interpret")
+    _, _, g = assert_matches_reference(model, st, data((4, 15, 5), seed=4, hi=2.0), keys[5], batched=True,
+                                       backend="pallas-interpret", grad_tol=KERNEL_GRAD_TOL)
     # interpreted, and batched: one loop over the 4 samples (batch-major ff (B, T, n)); the model's
     # input check traces one sample abstractly first (B = 1)
     assert all(c[0] for c in calls) and (True, (4, 15, 24)) in calls, calls
-    (l_ref, aux_ref), g_ref = vg(model, xb, "reference")
-    assert_trees_close(aux_got, aux_ref, 1e-5, 1e-5, what="model outputs/final states")
-    assert_trees_close(g_got, g_ref, 1e-5, 1e-4, what="model gradients")
-    w_rec_grad = g_got.layers[0].layers[0].layers[1].weight
-    assert float(jnp.max(jnp.abs(w_rec_grad))) > 0
+    assert float(jnp.max(jnp.abs(g[0].layers[0].layers[0].layers[1].weight))) > 0
 
 
 # ================================================================================================
@@ -460,15 +482,13 @@ def test_lowering_large_w_read_per_step_and_time_chunks(platform, monkeypatch):
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
 @pytest.mark.parametrize("n", [100, 256])
 def test_compiled_recurrent_on_gpu_matches_xla(n):
-    layer, p, st, ff, w, b = problem("LIF", n=n, T=64, B=32)
+    # the compiled kernel against the oracle (autodiff of a per-sample scan on the GPU), HIGHEST
+    # matmul precision on both; states and currents to 1e-3 after 64 steps, spikes elementwise
+    # with documented near-threshold flips (see ``check``)
     hi = functools.partial(PR.recurrent_batched, precision=jax.lax.Precision.HIGHEST)
     with jax.default_matmul_precision("highest"), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        (_, aux_ref), g_ref = loss_fn(layer, None)(p, st, ff, w, b)
-        (_, aux), g = loss_fn(layer, hi)(p, st, ff, w, b)
-    np.testing.assert_allclose(float(jnp.mean(aux[1])), float(jnp.mean(aux_ref[1])), atol=2e-3)
-    np.testing.assert_allclose(np.asarray(aux[2]), np.asarray(aux_ref[2]), atol=1e-2)
-    grads_close(g, g_ref, "recurrent gradients on GPU")
+        check("LIF", hi, n=n, T=64, B=32, fwd_tol=1e-3, max_flipped=0.25)
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])

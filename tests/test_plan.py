@@ -23,32 +23,40 @@ from snnkern.plan import Impl, Kind, Path
 from snnkern import snn
 from snnkern.plan.graph import components
 
-ATOL = 1e-5   # float32 rounding of a batched GEMM vs per-step GEMVs (see test_equivalence.py)
+from helpers import assert_fires, assert_results_close, assert_trees_close, mixed_loss, scale_linear
 
 
+# The models below fire on ``_inputs`` (uniform [0, 2), T = 12): the input Linears are scaled x3
+# with a +0.5 bias (the default init gives currents of ~0.3, below any threshold) and the
+# thresholds are 0.3-0.5, so every LIF fires on 5-30 % of its steps (asserted once per model by
+# ``_inputs``; a model that never fires would make every backend comparison here vacuous).
 def _k(n=6, seed=0):
     return jax.random.split(jax.random.PRNGKey(seed), n)
 
 
+def _lin(nin, nout, key, gain=3.0, shift=0.5):
+    return scale_linear(eqx.nn.Linear(nin, nout, key=key), gain, shift)
+
+
 def seq_model():
     k = _k()
-    return snn.Sequential(eqx.nn.Linear(3, 5, key=k[0]), eqx.nn.LayerNorm(5), snn.LIF([0.8, 0.7]),
-                          eqx.nn.Linear(5, 4, key=k[1]), snn.SimpleLIF([0.9]))
+    return snn.Sequential(_lin(3, 5, k[0]), eqx.nn.LayerNorm(5), snn.LIF([0.8, 0.7], threshold=0.3),
+                          _lin(5, 4, k[1], shift=0.6), snn.SimpleLIF([0.8], threshold=0.3))
 
 
 def recurrent_model():
     k = _k(seed=1)
-    comp = snn.CompoundLayer(snn.Parallel([eqx.nn.Linear(3, 5, key=k[0]), eqx.nn.Linear(5, 5, key=k[1])]),
-                             snn.LIF([0.8, 0.7]))
-    return snn.SequentialLocalFeedback([comp, eqx.nn.Linear(5, 2, key=k[2]), snn.SimpleLIF([0.9])],
+    comp = snn.CompoundLayer(snn.Parallel([_lin(3, 5, k[0]), eqx.nn.Linear(5, 5, key=k[1])]),
+                             snn.LIF([0.8, 0.7], threshold=0.5))
+    return snn.SequentialLocalFeedback([comp, _lin(5, 2, k[2], shift=0.6), snn.SimpleLIF([0.8], threshold=0.3)],
                                        feedback_layers=None)
 
 
 def cycle_model():
     """Linear -> LIF -> Linear -> LIF with the feedback edge 3 -> 2: a 2-layer cycle {2, 3}."""
     k = _k(seed=2)
-    return snn.SequentialLocalFeedback([eqx.nn.Linear(3, 4, key=k[0]), snn.LIF([0.8, 0.7]),
-                                        eqx.nn.Linear(4, 4, key=k[1]), snn.LIF([0.8, 0.7])],
+    return snn.SequentialLocalFeedback([_lin(3, 4, k[0]), snn.LIF([0.8, 0.7], threshold=0.5),
+                                        _lin(4, 4, k[1], shift=0.6), snn.LIF([0.8, 0.7], threshold=0.5)],
                                        feedback_layers={3: 2})
 
 
@@ -58,7 +66,7 @@ def my_forward_fn(layers, struct, key, states, data):
 
 def custom_forward_model():
     k = _k(seed=3)
-    return snn.Sequential(eqx.nn.Linear(3, 4, key=k[0]), snn.LIF([0.8, 0.7]), forward_fn=my_forward_fn)
+    return snn.Sequential(_lin(3, 4, k[0]), snn.LIF([0.8, 0.7], threshold=0.5), forward_fn=my_forward_fn)
 
 
 def my_loop_fn(f, init, xs):
@@ -67,15 +75,39 @@ def my_loop_fn(f, init, xs):
 
 def custom_loop_model():
     k = _k(seed=4)
-    return snn.Sequential(eqx.nn.Linear(3, 4, key=k[0]), snn.LIF([0.8, 0.7]), loop_fn=my_loop_fn)
+    return snn.Sequential(_lin(3, 4, k[0]), snn.LIF([0.8, 0.7], threshold=0.5), loop_fn=my_loop_fn)
 
 
-def _run(model, T=8, seed=0):
-    """One jitted call of ``model`` (a fresh function object: traced now, under the current backend)."""
+_FIRING_CHECKED = set()
+
+
+def _inputs(model, T=12, seed=0):
+    """Initial states, input and key of ``_run``; asserts (once per model structure) that every
+    spiking layer fires 2-98 % on them."""
     k = _k(seed=10 + seed)
     states = model.init_state((3,), k[0])
     x = jax.random.uniform(k[1], (T, 3), minval=0.0, maxval=2.0)
-    return jax.jit(lambda s, xx: model(s, xx, k[2]))(states, x)
+    tag = (str(jax.tree.structure(model)), T, seed)
+    if tag not in _FIRING_CHECKED:
+        with snnkern.strict(False):   # the recording loop_fn of assert_fires is a reference-path choice
+            assert_fires(model, states, x, k[2])
+        _FIRING_CHECKED.add(tag)
+    return states, x, k[2]
+
+
+def _run(model, T=12, seed=0):
+    """``(final_states, outputs, gradients)`` of one jitted value-and-grad (a fresh function object:
+    traced now, under the current backend); gradients of a loss mixing every output and final
+    state, wrt the model's arrays, the states and the input."""
+    states, x, key = _inputs(model, T, seed)
+
+    def loss(diff):
+        m, s, xx = diff
+        finals, outs = m(s, xx, key)
+        return mixed_loss(finals, outs), (finals, outs)
+
+    g, (finals, outs) = eqx.filter_jit(eqx.filter_grad(loss, has_aux=True))((model, states, x))
+    return finals, outs, g
 
 
 def _jaxpr(model, T=6):
@@ -83,13 +115,6 @@ def _jaxpr(model, T=6):
     states = model.init_state((3,), k[0])
     x = jnp.ones((T, 3))
     return str(jax.make_jaxpr(lambda xx: model(states, xx, k[1]))(x))
-
-
-def _assert_close(a, b, atol=ATOL):
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert jax.tree.structure(a) == jax.tree.structure(b) and len(la) == len(lb)
-    for u, v in zip(la, lb):
-        np.testing.assert_allclose(np.asarray(u), np.asarray(v), atol=atol, rtol=1e-5)
 
 
 @pytest.fixture(autouse=True)
@@ -202,7 +227,10 @@ def test_explain_custom_forward_or_loop_fn_takes_reference_path(build, word):
     plain = snn.Sequential(*model.layers)
     with snnkern.backend("reference"):
         want = _run(plain)
-    _assert_close(_run(model), want, atol=0)
+    got = _run(model)
+    layers_and_rest = lambda r: (r[0], r[1], r[2][0].layers, r[2][1:])  # noqa: E731 - the models' static fields differ
+    assert_trees_close(layers_and_rest(got), layers_and_rest(want), 0.0,
+                       what="custom forward_fn / loop_fn vs the default functions")
     assert "custom_vjp" not in _jaxpr(model)
 
 
@@ -322,7 +350,7 @@ def test_backend_context_manager_selects_path():
         assert snnkern.explain(model).path == "planned"
         assert "custom_vjp" in _jaxpr(model)
         got = _run(model)
-    _assert_close(got, ref)
+    assert_results_close(got, ref, "xla vs reference:")
 
 
 def test_same_jitted_function_is_retraced_per_backend_block(monkeypatch):
@@ -334,11 +362,14 @@ def test_same_jitted_function_is_retraced_per_backend_block(monkeypatch):
     orig = arch.run_plan
     monkeypatch.setattr(arch, "run_plan", lambda *a, **kw: planned.append(1) or orig(*a, **kw))
     model = seq_model()
-    k = _k(seed=30)
-    states = model.init_state((3,), k[0])
-    x = jax.random.uniform(k[1], (8, 3), minval=0.0, maxval=2.0)
+    states, x, key = _inputs(model)
     traces = []
-    f = jax.jit(lambda xx: traces.append(1) or model(states, xx, k[2]))
+
+    def loss(xx):
+        finals, outs = model(states, xx, key)
+        return mixed_loss(finals, outs), (finals, outs)
+
+    f = jax.jit(lambda xx: traces.append(1) or jax.value_and_grad(loss, has_aux=True)(xx))
     with snnkern.backend("reference"):
         ref = f(x)
     assert (len(traces), len(planned)) == (1, 0)
@@ -350,7 +381,9 @@ def test_same_jitted_function_is_retraced_per_backend_block(monkeypatch):
     with snnkern.backend("reference"):
         f(x)
     assert len(traces) == 2   # both traces are cached
-    _assert_close(got, ref)
+    (_, (got_f, got_o)), got_g = got
+    (_, (ref_f, ref_o)), ref_g = ref
+    assert_results_close((got_f, got_o, got_g), (ref_f, ref_o, ref_g), "xla vs reference:")
 
 
 def test_backend_context_managers_nest():
@@ -371,7 +404,7 @@ def test_env_backend_read_at_trace_time(monkeypatch):
     monkeypatch.setenv("SNNKERN_BACKEND", "xla")   # same process, same model: the new value is used
     assert snnkern.explain(model).path == "planned"
     assert "custom_vjp" in _jaxpr(model)
-    _assert_close(_run(model), ref)
+    assert_results_close(_run(model), ref, "xla vs reference:")
     monkeypatch.setenv("SNNKERN_BACKEND", "reference")
     with snnkern.backend("xla"):   # the context manager wins over the environment
         assert snnkern.explain(model).path == "planned"
@@ -440,7 +473,7 @@ def test_pallas_backend_runs_or_falls_back_with_reason(name, build):
             got = _run(model)
         with snnkern.backend("reference"):
             ref = _run(model)
-        _assert_close(got, ref)
+        assert_results_close(got, ref, "xla vs reference:")
     with snnkern.strict(), snnkern.backend(name):
         if fell_back:
             with pytest.raises(snnkern.FallbackError):

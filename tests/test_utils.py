@@ -13,6 +13,8 @@ from snnkern import snn
 from snnkern.utils.filter import filter_grad, filter_value_and_grad
 from snnkern.utils.tree import apply_to_tree_leaf
 
+from helpers import data
+
 
 @pytest.fixture
 def setup():
@@ -26,7 +28,7 @@ def setup():
         snn.CompoundLayer(eqx.nn.Identity(), snn.SimpleLIF([0.7], threshold=jnp.array(0.4))),
     )
     states = model.init_state((3,), k[2])
-    x = jnp.asarray(np.random.default_rng(0).uniform(0.0, 3.0, (10, 3)).astype(np.float32))
+    x = data((10, 3), seed=0, hi=3.0)
     return model, states, x, k[3]
 
 

@@ -44,7 +44,7 @@ demo: $(STAMP)
 	$(PY) -m snnkern.demo $(DEMO_ARGS)
 
 bench: $(STAMP)
-	$(PY) -m bench.run --tiers cpu-small,cpu,cpu-long,cpu-rec
+	$(PY) -m bench.run --tiers cpu-small,cpu,cpu-long,cpu-rec,cpu-recmlp
 
 bench-quick: $(STAMP)
 	$(PY) -m bench.run --tiers cpu-small

@@ -29,8 +29,9 @@ from snnkern.kernels import pallas_neuron as PN
 from snnkern.plan.protocol import layer_output
 
 from test_pallas import CUSTOM_CALL, _abstract_mesh
-from test_equivalence import (GRAD_ATOL, GRAD_RTOL, OUT_ATOL, OUT_RTOL, _case, _recording_scan, assert_fires,
-                              assert_trees_close, batch_data, check_equivalent, linear, run_path)
+from helpers import (GRAD_ATOL, GRAD_RTOL, OUT_ATOL, OUT_RTOL, _recording_scan, assert_fires, assert_trees_close,
+                     check_equivalent, run_path)
+from test_equivalence import _case, batch_data, linear
 
 f64 = np.float64
 

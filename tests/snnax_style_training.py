@@ -6,7 +6,6 @@ Task: 16 input channels spike at random; the label says which half spikes more.
 """
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jrand
 import optax

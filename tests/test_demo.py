@@ -11,7 +11,6 @@ import jax
 import numpy as np
 import pytest
 
-import jax
 
 from snnkern.demo.cli import main, parse_args
 from snnkern.demo.data import (DataError, latency_encode, load_data, load_digits_spikes, load_npz_spikes,

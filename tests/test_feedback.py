@@ -5,10 +5,8 @@ Tolerances: 1e-5 absolute on continuous values (float32 rounding of small matmul
 spike trains compared exactly after checking no membrane lies within 1e-4 of the threshold.
 """
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from snnkern import snn
 

@@ -37,7 +37,6 @@ import pytest
 
 import snnkern
 from snnkern import snn
-from snnkern.kernels import dispatch
 from snnkern.kernels import neuron_loop as NL
 from snnkern.kernels import pallas_neuron as PN
 from snnkern.kernels.tiling import NeuronTiling, layout_target

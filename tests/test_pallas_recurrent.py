@@ -19,7 +19,6 @@ kernels (kernels/pallas_recurrent.py).
 from __future__ import annotations
 
 import functools
-import logging
 import warnings
 
 import equinox as eqx

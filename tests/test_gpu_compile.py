@@ -96,13 +96,15 @@ def test_bench_model_training_step_compiles_for_h200(cid, h200):
     with jax.default_device(h200):
         plan = snnkern.explain(spec.model)
     assert plan.platform == "gpu", str(plan)
-    loops = [s for c in plan.components for s in c.steps if "loop" in s.path]
+    from snnkern.kernels.spec import Impl
+    from snnkern.plan import Path
+    loops = [s for s in plan.steps if s.path.is_loop]
     if kind == "ff":
-        assert len(loops) == 2 and all(s.path.startswith("pallas-neuron-loop") for s in loops), str(plan)
+        assert len(loops) == 2 and all(s.path is Path.NEURON_LOOP and s.impl is Impl.PALLAS for s in loops), str(plan)
     elif N <= 128:
-        assert [s.path.startswith("pallas-recurrent-loop") for s in loops] == [True], str(plan)
+        assert [(s.path, s.impl) for s in loops] == [(Path.RECURRENT_LOOP, Impl.PALLAS)], str(plan)
     else:
-        assert loops[0].path.startswith("xla") and "GPU shared memory" in loops[0].reason, str(plan)
+        assert loops[0].impl is Impl.XLA and "GPU shared memory" in loops[0].reason, str(plan)
     case, _ = compile_ok(cid, h200)
     assert case.expect or (kind == "rec" and N > 128)
 

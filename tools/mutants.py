@@ -231,7 +231,7 @@ def run(mutants, target_mode: str, timeout: int, keep: bool):
 
 
 def table(results, seconds: float, argv: List[str]) -> str:
-    lines = [f"Command: `.venv/bin/python tools/mutants.py {' '.join(argv)}`".replace("  ", " ").strip(),
+    lines = [f"Command: `{' '.join(['.venv/bin/python', 'tools/mutants.py'] + argv)}`",
              f"({seconds / 60:.1f} minutes on this machine; every run `pytest -x`, one process per target).", "",
              "| mutant | what it plants | caught by (first failing test) | not caught by |",
              "|---|---|---|---|"]

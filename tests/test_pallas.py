@@ -420,6 +420,17 @@ def test_flip_columns_allows_only_near_threshold_flips():
         flip_columns(got, ref, gap, coupled=True)
 
 
+def test_masked_loss_gives_left_out_columns_no_cotangent():
+    # what the GPU test relies on after a flip: a left-out (sample, neuron) column adds nothing to
+    # any gradient (here: d xs of that column is exactly zero, the others are not)
+    layer, params, st, xs = setup("LIF")
+    keep = np.ones((2, 37), bool)
+    keep[1, 5] = False
+    _, (_, _, g_x) = loss_of(NL.neuron_loop, layer, keep=keep)(params, st, xs)
+    assert float(jnp.max(jnp.abs(g_x[1, :, 5]))) == 0.0
+    assert float(jnp.min(jnp.max(jnp.abs(g_x), axis=1)[keep])) > 0
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
 @pytest.mark.parametrize("kind", NEURONS)

@@ -301,13 +301,16 @@ def test_model_backend_matches_reference(monkeypatch, keys, layout):
     """The whole model under ``pallas-interpret`` (both neurons run the interpreted kernels) against
     the reference: outputs, final states and gradients. ``tpu-time-chunks``: the kernels in their
     TPU grid layout, T = 13 in chunks of 4, so 3 padded steps must be masked out."""
-    calls = []
+    calls, padded = [], []
     orig = PN.neuron_loop
-    layout_kw = {} if layout == "gpu-tiles" else {"block_t": 4}
 
     def spy(*a, **k):
         calls.append(k.get("interpret"))
-        return orig(*a, **{**k, **layout_kw})
+        if layout == "tpu-time-chunks":   # instead of the planner's tiling
+            k["tiling"] = PN.default_tiling(None, True, block_t=4)
+            T, n = a[3].shape[0], int(np.prod(a[3].shape[1:]))
+            padded.append(k["tiling"].layout(T, n).T_pad - T)
+        return orig(*a, **k)
 
     monkeypatch.setattr(PN, "neuron_loop", spy)
     model = _model(keys)
@@ -315,6 +318,8 @@ def test_model_backend_matches_reference(monkeypatch, keys, layout):
     xb = data((3, 13, 6), seed=4, lo=-1.0, hi=2.0)
     assert_matches_reference(model, st, xb, keys[5], batched=True, backend="pallas-interpret")
     assert calls and all(calls), f"the kernels must run, interpreted, under pallas-interpret: {calls}"
+    if layout == "tpu-time-chunks":
+        assert padded and all(p == 3 for p in padded), f"want 3 padded (masked) steps per loop: {padded}"
 
 
 # ================================================================================================

@@ -409,13 +409,16 @@ def test_model_recurrent_pallas_interpret_matches_reference(keys, monkeypatch, l
     """The recurrent model under ``pallas-interpret`` against the reference: outputs, final states
     and gradients (dW_rec included). ``tpu-time-chunks``: the recurrent kernel in its TPU grid
     layout, T = 15 in chunks of 4 (one padded step, masked), samples in tiles of 8."""
-    calls = []
+    calls, padded = [], []
     orig = PR.recurrent_batched
-    layout_kw = {} if layout == "gpu-tiles" else {"block_t": 4, "block_b": 8}
 
     def spy(*a, **k):
         calls.append((k.get("interpret"), a[6].shape))
-        return orig(*a, **{**k, **layout_kw})
+        if layout == "tpu-time-chunks":   # instead of the planner's tiling
+            k["tiling"] = PR.default_tiling(None, True, block_b=8, block_t=4)
+            B, T, n = a[6].shape
+            padded.append(k["tiling"].layout(T, B, n).T_pad - T)
+        return orig(*a, **k)
 
     monkeypatch.setattr(PR, "recurrent_batched", spy)
     model = rec_model(keys)
@@ -429,6 +432,8 @@ def test_model_recurrent_pallas_interpret_matches_reference(keys, monkeypatch, l
     # interpreted, and batched: one loop over the 4 samples (batch-major ff (B, T, n)); the model's
     # input check traces one sample abstractly first (B = 1)
     assert all(c[0] for c in calls) and (True, (4, 15, 24)) in calls, calls
+    if layout == "tpu-time-chunks":
+        assert padded and all(p == 1 for p in padded), f"want 1 padded (masked) step per loop: {padded}"
     assert float(jnp.max(jnp.abs(g[0].layers[0].layers[0].layers[1].weight))) > 0
 
 

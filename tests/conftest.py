@@ -7,9 +7,9 @@ Hypothesis profiles (``pytest --hypothesis-profile=NAME``; default ``ci``):
 - ``ci`` (``make test``): derandomized (the same examples every run), no example database, no
   deadline (the first example of a test compiles for seconds), and **no shrink phase**: a failing
   model is reported as drawn (``note`` prints its plan and run) instead of being shrunk by
-  re-running hundreds of compiles, which would hang CI. ``max_examples`` 8: each example of the
-  model-equivalence properties costs ~1-2 s (three compilations), so the five of them draw 40
-  models in ~1.5 minutes on 2 cores.
+  re-running hundreds of compiles, which would hang CI. ``max_examples`` 6: an example of the
+  model-equivalence properties costs ~1-3 s (two compilations; a rejected, non-firing draw one),
+  so the five of them compare 30 models in ~1.3 minutes on 2 cores (was 10).
 - ``thorough``: random examples, 60 each, with shrinking (for a local hunt; ~15 minutes).
 """
 import glob

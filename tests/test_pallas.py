@@ -301,13 +301,16 @@ def test_model_backend_matches_reference(monkeypatch, keys, layout):
     """The whole model under ``pallas-interpret`` (both neurons run the interpreted kernels) against
     the reference: outputs, final states and gradients. ``tpu-time-chunks``: the kernels in their
     TPU grid layout, T = 13 in chunks of 4, so 3 padded steps must be masked out."""
-    calls = []
+    calls, padded = [], []
     orig = PN.neuron_loop
-    layout_kw = {} if layout == "gpu-tiles" else {"block_t": 4}
 
     def spy(*a, **k):
         calls.append(k.get("interpret"))
-        return orig(*a, **{**k, **layout_kw})
+        if layout == "tpu-time-chunks":   # instead of the planner's tiling
+            k["tiling"] = PN.default_tiling(None, True, block_t=4)
+            T, n = a[3].shape[0], int(np.prod(a[3].shape[1:]))
+            padded.append(k["tiling"].layout(T, n).T_pad - T)
+        return orig(*a, **k)
 
     monkeypatch.setattr(PN, "neuron_loop", spy)
     model = _model(keys)
@@ -315,6 +318,8 @@ def test_model_backend_matches_reference(monkeypatch, keys, layout):
     xb = data((3, 13, 6), seed=4, lo=-1.0, hi=2.0)
     assert_matches_reference(model, st, xb, keys[5], batched=True, backend="pallas-interpret")
     assert calls and all(calls), f"the kernels must run, interpreted, under pallas-interpret: {calls}"
+    if layout == "tpu-time-chunks":
+        assert padded and all(p == 3 for p in padded), f"want 3 padded (masked) steps per loop: {padded}"
 
 
 # ================================================================================================
@@ -418,6 +423,17 @@ def test_flip_columns_allows_only_near_threshold_flips():
         flip_columns(got, ref, gap)
     with pytest.raises(AssertionError, match="from the threshold"):
         flip_columns(got, ref, gap, coupled=True)
+
+
+def test_masked_loss_gives_left_out_columns_no_cotangent():
+    # what the GPU test relies on after a flip: a left-out (sample, neuron) column adds nothing to
+    # any gradient (here: d xs of that column is exactly zero, the others are not)
+    layer, params, st, xs = setup("LIF")
+    keep = np.ones((2, 37), bool)
+    keep[1, 5] = False
+    _, (_, _, g_x) = loss_of(NL.neuron_loop, layer, keep=keep)(params, st, xs)
+    assert float(jnp.max(jnp.abs(g_x[1, :, 5]))) == 0.0
+    assert float(jnp.min(jnp.max(jnp.abs(g_x), axis=1)[keep])) > 0
 
 
 @pytest.mark.gpu

@@ -409,13 +409,16 @@ def test_model_recurrent_pallas_interpret_matches_reference(keys, monkeypatch, l
     """The recurrent model under ``pallas-interpret`` against the reference: outputs, final states
     and gradients (dW_rec included). ``tpu-time-chunks``: the recurrent kernel in its TPU grid
     layout, T = 15 in chunks of 4 (one padded step, masked), samples in tiles of 8."""
-    calls = []
+    calls, padded = [], []
     orig = PR.recurrent_batched
-    layout_kw = {} if layout == "gpu-tiles" else {"block_t": 4, "block_b": 8}
 
     def spy(*a, **k):
         calls.append((k.get("interpret"), a[6].shape))
-        return orig(*a, **{**k, **layout_kw})
+        if layout == "tpu-time-chunks":   # instead of the planner's tiling
+            k["tiling"] = PR.default_tiling(None, True, block_b=8, block_t=4)
+            B, T, n = a[6].shape
+            padded.append(k["tiling"].layout(T, B, n).T_pad - T)
+        return orig(*a, **k)
 
     monkeypatch.setattr(PR, "recurrent_batched", spy)
     model = rec_model(keys)
@@ -429,6 +432,8 @@ def test_model_recurrent_pallas_interpret_matches_reference(keys, monkeypatch, l
     # interpreted, and batched: one loop over the 4 samples (batch-major ff (B, T, n)); the model's
     # input check traces one sample abstractly first (B = 1)
     assert all(c[0] for c in calls) and (True, (4, 15, 24)) in calls, calls
+    if layout == "tpu-time-chunks":
+        assert padded and all(p == 1 for p in padded), f"want 1 padded (masked) step per loop: {padded}"
     assert float(jnp.max(jnp.abs(g[0].layers[0].layers[0].layers[1].weight))) > 0
 
 
@@ -475,6 +480,16 @@ def test_lowering_large_w_read_per_step_and_time_chunks(platform, monkeypatch):
 
 # ================================================================================================
 # on a real GPU
+
+
+def test_masked_loss_gives_left_out_samples_no_cotangent():
+    # what the GPU test relies on after a flip: a left-out sample adds nothing to any gradient
+    # (its d ff is exactly zero; the recurrence couples only neurons of one sample)
+    layer, p, st, ff, w, b = problem("LIF")
+    keep = np.array([True, False, True])
+    _, g = loss_fn(layer, None, keep=keep)(p, st, ff, w, b)
+    assert float(jnp.max(jnp.abs(g[2][1]))) == 0.0
+    assert float(jnp.max(jnp.abs(g[2][0]))) > 0 and float(jnp.max(jnp.abs(g[2][2]))) > 0
 
 
 @pytest.mark.gpu

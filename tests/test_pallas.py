@@ -220,7 +220,7 @@ def test_time_chunks_several_row_tiles():
 
 def test_multidim_neuron_shape():
     # (3, 5, 7) neurons flattened into tiles; a threshold of 0.5 under currents of mean 1, sd 2
-    # fires ~20 % of the steps of T = 8 (the deferred LIF needs two steps to see a current)
+    # fires on 13 % of the steps of T = 8 (the deferred LIF needs two steps to see a current)
     layer = snn.LIF([0.8, 0.7], threshold=jnp.array(0.5))
     st = layer.init_state((3, 5, 7), None)
     xs = jax.random.normal(jax.random.PRNGKey(3), (2, 8, 3, 5, 7)) * 2 + 1.0

@@ -219,16 +219,15 @@ def plan_recurrent_loop(where: str, step, params, state0, ff, w, b, *, spike_idx
         batched = [jax.ShapeDtypeStruct((1,) + tuple(s.shape), s.dtype) for s in state0]
         ff1 = jax.ShapeDtypeStruct((1,) + tuple(ff.shape), ff.dtype)
         why = pr.unsupported(step, params, batched, ff1, w, b, rules)
-        n = int(ff.shape[-1])
-        if why is None and per_step and RecTiling.get_default(target).n_pad(n) != n:
+        n, candidate = int(ff.shape[-1]), RecTiling.get_default(target)
+        if why is None and per_step and candidate.n_pad(n) != n:
             why = (f"the per-step layers {', '.join(per_step)} inside the recurrence need every lane of a kernel "
-                   f"row to be a real neuron; {n} neurons are padded to {RecTiling.get_default(target).n_pad(n)}")
+                   f"row to be a real neuron; {n} neurons are padded to {candidate.n_pad(n)}")
         if why is None and per_step and isinstance(params, dict) and jax.tree.leaves(params.get("per_step")):
             why = f"the per-step layers {', '.join(per_step)} have parameters (the kernels tile only the neuron's)"
         if why is None:
-            tiling = RecTiling.get_default(target)
-            resident = pr.resident_w(tiling.n_pad(int(ff.shape[-1])), pr.dot_dtype_of(state0[-1].dtype, w.dtype),
-                                     target)
+            tiling = candidate
+            resident = pr.resident_w(tiling.n_pad(n), pr.dot_dtype_of(state0[-1].dtype, w.dtype), target)
         else:
             impl, reason = Impl.XLA, fallback(where, "xla", why)
     spec = RecurrentLoopSpec(impl, tuple(sorted(set(spike_idx))), want_out, want_cur, tiling, resident)

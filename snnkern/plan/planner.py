@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from snnkern.kernels import dispatch
 
 from .graph import components
-from .protocol import (call_layer, is_compound, is_neuron, is_stateful, layer_output, merge_inputs,
+from .protocol import (call_layer, is_compound, is_neuron, is_stateful, keep_dtypes, layer_output, merge_inputs,
                        takes_input_list)
 from .types import Component, Kind, Path, Plan, PlanPath, Step
 
@@ -46,9 +46,6 @@ def _float_aval(x):
     return jax.ShapeDtypeStruct(x.shape, x.dtype if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.float32)
 
 
-def _keep_dtypes(new, old):
-    return jax.tree.map(lambda n, o: n.astype(o.dtype) if hasattr(o, "dtype") else n, new, old)
-
 
 def neuron_step(layer):
     """The neuron's step with its arrays stripped (it must read parameters only from ``params``),
@@ -57,7 +54,7 @@ def neuron_step(layer):
 
     def step(p, s, x):
         ns, out = stripped.step(p, s, x)
-        return _keep_dtypes(ns, s), out
+        return keep_dtypes(ns, s), out
 
     return step
 

@@ -24,7 +24,7 @@ import jax
 
 __all__ = ["AbstractStatefulLayer", "AbstractNeuron", "AbstractCompound", "AbstractParallel", "is_stateful",
            "is_neuron", "is_compound", "takes_input_list", "entry_module", "layer_output", "read_from_out",
-           "call_layer", "merge_inputs"]
+           "call_layer", "merge_inputs", "keep_dtypes"]
 
 
 class AbstractStatefulLayer(eqx.Module):
@@ -124,6 +124,12 @@ def call_layer(layer, state, x, key) -> Tuple[Any, Any]:
         return new_state, out
     out = layer(x, key=key)
     return [out], out
+
+
+def keep_dtypes(new, old):
+    """``new`` in the dtypes of ``old`` (a state carried through time keeps its initial dtypes, e.g.
+    integer spikes fed to a float32 state)."""
+    return jax.tree.map(lambda n, o: n.astype(o.dtype) if hasattr(o, "dtype") else n, new, old)
 
 
 def merge_inputs(layer, inputs: list):

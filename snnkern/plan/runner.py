@@ -17,14 +17,12 @@ import jax.random as jrand
 from snnkern.kernels import dispatch
 
 from .planner import chain_step, float_input, neuron_step
-from .protocol import call_layer, is_compound, is_neuron, is_stateful, layer_output, merge_inputs, read_from_out
+from .protocol import (call_layer, is_compound, is_neuron, is_stateful, keep_dtypes, layer_output, merge_inputs,
+                       read_from_out)
 from .types import Component, Kind, Plan
 
 __all__ = ["run_plan", "stateless_seq"]
 
-
-def _keep_dtypes(new, old):
-    return jax.tree.map(lambda n, o: n.astype(o.dtype) if hasattr(o, "dtype") else n, new, old)
 
 
 def _shift(seq, first):
@@ -74,7 +72,7 @@ def _generic_scan(layers, states, inputs_of, xs, keys, emit_read=True):
         new, outs = [], []
         for layer, st, inp, k in zip(layers, carry, merged, keys):
             ns, out = call_layer(layer, st, inp, k)
-            new.append(_keep_dtypes(ns, st))
+            new.append(keep_dtypes(ns, st))
             outs.append(out)
         reads = [layer_output(lay, s) for lay, s in zip(layers, new)] if emit_read else None
         return new, (outs, reads)
@@ -186,4 +184,4 @@ def run_plan(plan: Plan, model, states, xs: List[jax.Array], key):
     run = _Run(model, states, xs, key)
     for comp in plan.components:
         _RUN[comp.kind](run, comp)
-    return _keep_dtypes(run.finals, list(states)), [run.outs[j] for j in run.struct.final_layer_ids]
+    return keep_dtypes(run.finals, list(states)), [run.outs[j] for j in run.struct.final_layer_ids]

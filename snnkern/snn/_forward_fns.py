@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence, Tuple
 import jax
 import jax.random as jrand
 
-from ..plan.protocol import call_layer, layer_output, merge_inputs
+from ..plan.protocol import call_layer, keep_dtypes, layer_output, merge_inputs
 
 __all__ = ["ForwardFnOutput", "ForwardFn", "delayed_forward_fn"]
 
@@ -19,10 +19,6 @@ ForwardFnOutput = Tuple[Sequence[Any], Sequence[jax.Array]]
 
 ForwardFn = Callable[[Sequence[Any], Any, jax.Array, Sequence[Any], Any], ForwardFnOutput]
 """``forward_fn(layers, graph_structure, key, carry, x_t) -> ForwardFnOutput``."""
-
-
-def _keep_dtype(new, old):
-    return jax.tree.map(lambda n, o: n.astype(o.dtype) if hasattr(o, "dtype") else n, new, old)
 
 
 def delayed_forward_fn(layers: Sequence[Any], struct, key: jax.Array, carry, batch) -> ForwardFnOutput:
@@ -55,10 +51,10 @@ def delayed_forward_fn(layers: Sequence[Any], struct, key: jax.Array, carry, bat
     for i, layer in enumerate(layers):
         received = [xs[e] for e in struct.input_layer_ids[i]] + [reads[j] for j in struct.input_connectivity[i]]
         state, out = call_layer(layer, states[i], merge_inputs(layer, received), keys[i])
-        new_states.append(_keep_dtype(state, states[i]))   # the scan carry keeps its dtypes
+        new_states.append(keep_dtypes(state, states[i]))   # the scan carry keeps its dtypes
         outs.append(out)
     final = [outs[j] for j in struct.final_layer_ids]
     if pair:
         new_reads = [layer_output(layer, s) for layer, s in zip(layers, new_states)]
-        return (new_states, _keep_dtype(new_reads, list(reads))), final
+        return (new_states, keep_dtypes(new_reads, list(reads))), final
     return new_states, final

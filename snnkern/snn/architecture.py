@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import jax.random as jrand
 
 from ..plan import Plan, PlanPath, make_plan, run_plan
-from ..plan.protocol import AbstractParallel, call_layer, entry_module, is_stateful, layer_output, merge_inputs
+from ..plan.protocol import AbstractParallel, call_layer, entry_module, keep_dtypes, is_stateful, layer_output, merge_inputs
 from .checks import (InputMergeError, apply_stateless, check_call, check_merges_at_construction, describe_layer,
                      expected_in_shape, init_layer, init_states, normalise_in_shapes)
 from .graph_structure import GraphStructure
@@ -43,10 +43,7 @@ def default_forward_fn(layers: Sequence[eqx.Module], struct: GraphStructure, key
         inputs = [data[e] for e in struct.input_layer_ids[i]]
         inputs += [layer_output(layers[j], states[j]) for j in struct.input_connectivity[i]]
         new_state, out = call_layer(layer, states[i], merge_inputs(layer, inputs), keys[i])
-        # keep the carry's dtypes (e.g. integer spikes fed to a float32 state)
-        new_state = jax.tree.map(lambda n, o: n.astype(o.dtype) if hasattr(o, "dtype") else n,
-                                 new_state, states[i])
-        new_states.append(new_state)
+        new_states.append(keep_dtypes(new_state, states[i]))
         outs.append(out)
     return new_states, [outs[j] for j in struct.final_layer_ids]
 

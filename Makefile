@@ -38,7 +38,7 @@ test-gpu-compile: $(STAMP)
 	@out=$$(bash tools/install_gpu_compile.sh $(PY)); echo "$$out"; \
 	export SNNKERN_GPU_COMPILE_INSTALL_ERROR="$$(echo "$$out" | sed -n 's/^cannot install gpu: //p' | tail -1)"; \
 	export SNNKERN_TPU_COMPILE_INSTALL_ERROR="$$(echo "$$out" | sed -n 's/^cannot install tpu: //p' | tail -1)"; \
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q -p no:cacheprovider -rs -m gpu_compile tests/test_gpu_compile.py
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -p no:cacheprovider -rs -m gpu_compile tests/test_gpu_compile.py tests/test_gpu_compile_checkpoint.py
 
 demo: $(STAMP)
 	$(PY) -m snnkern.demo $(DEMO_ARGS)

@@ -8,9 +8,10 @@ check, and returns the rows in order.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import jax
 import numpy as np
@@ -18,20 +19,34 @@ import numpy as np
 import snnkern
 from snnkern.plan import PlanPath
 
-from . import models, peak_mem, sanity, timing
+from . import floor, models, peak_mem, sanity, timing
 from .tiers import Tier
 
 # path name in the results -> snnkern backend
 PATH_BACKENDS = {"reference": "reference", "plan-xla": "xla", "pallas": "pallas",
-                 "pallas-interpret": "pallas-interpret"}
-SPEED_PATHS = ("reference", "plan-xla", "pallas")      # timed alternating; ratios are speed figures
+                 "pallas-interpret": "pallas-interpret", "plan-xla-ckpt": "xla"}
+SPEED_PATHS = ("reference", "plan-xla", "pallas", "plan-xla-ckpt")   # timed alternating; ratios are speed figures
+CHECKPOINT = "auto"                     # plan-xla-ckpt traces under snnkern.time_checkpoint(CHECKPOINT)
+
+
+def path_context(path: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """The context a path traces under besides its backend (plan-xla-ckpt: time checkpointing)."""
+    if path == "plan-xla-ckpt":
+        return lambda: snnkern.time_checkpoint(CHECKPOINT)
+    return contextlib.nullcontext
+
+
+def _checkpoint_missing() -> Optional[str]:
+    if not hasattr(snnkern, "time_checkpoint"):    # bench code: runs against older snnkern trees too
+        return "snnkern.time_checkpoint is not in this snnkern (time checkpointing not merged yet)"
+    return None
 # Interpret mode is for correctness only: timed once, and only on small problems.
 INTERPRET_MAX_WORK = 200_000            # B*T*N: cpu-small and the test tiers
 
 
-def _plan_info(spec, backend: str):
+def _plan_info(spec, backend: str, context=contextlib.nullcontext):
     """(plan, fused-components text, fallback reasons, whether a Pallas step is in the plan)."""
-    with snnkern.backend(backend):
+    with snnkern.backend(backend), context():
         plan = snnkern.explain(spec.model, spec.in_shape)
     if plan.path is PlanPath.REFERENCE:
         return plan, "none (time-major lax.scan)", [], False
@@ -43,6 +58,8 @@ def _plan_info(spec, backend: str):
 
 def _eligible(path: str, spec, platform: str, B: int, T: int, N: int):
     """None if ``path`` can run here, else the reason it is skipped."""
+    if path == "plan-xla-ckpt":
+        return _checkpoint_missing()
     if path in ("pallas", "pallas-interpret"):
         if path == "pallas" and platform == "cpu":
             return "compiled Pallas kernels need a GPU/TPU (on CPU only pallas-interpret runs)"
@@ -52,7 +69,7 @@ def _eligible(path: str, spec, platform: str, B: int, T: int, N: int):
             return f"no plan for {path}: {type(e).__name__}: {e}"
         if not has_pallas:
             return "the plan shows no Pallas step" + (f" ({fallbacks[0]})" if fallbacks else "")
-        if path == "pallas-interpret" and B * T * N > INTERPRET_MAX_WORK:
+        if path == "pallas-interpret" and B * T * max(N, spec.N_in) > INTERPRET_MAX_WORK:
             return f"interpret mode only on small problems (B*T*N <= {INTERPRET_MAX_WORK})"
     return None
 
@@ -116,16 +133,19 @@ def _prepare(tier: Tier, N: int, T: int, args, scales, env: dict, command: str) 
     """Build the model (weights scaled by ``scales``), the input and the jitted-to-be functions."""
     spec = models.build(tier.model, N, N_in=tier.n_in or None)
     spec.model = models.scale_model(spec, spec.model, scales)
-    x = jax.device_put(models.make_input(tier.B, T, spec.N_in))
+    x = jax.device_put(models.make_input(tier.B, T, spec.N_in, spec.in_shape))
     params, fwd, fwdbwd = models.make_fns(spec, spec.model)
     peak = sanity.device_peak(env["platform"], env["device_kind"], env["cores"],
                               jax.config.jax_default_matmul_precision)
     base = dict(env, tier=tier.name, model=tier.model, N_in=spec.N_in, N=N, N_out=spec.N_out, T=T, B=tier.B,
                 scales="/".join(f"{s:.6g}" for s in scales), command=command,
                 peak_gflops=peak.flops / 1e9)
-    return _Config(tier, N, T, list(scales), spec, x, params, fwd, fwdbwd, peak,
-                   dict(warmups=args.warmups, min_samples=args.repeats, min_time=args.min_time), base,
-                   [p for p in args.paths if p in PATH_BACKENDS])
+    timing_kw = dict(warmups=args.warmups, min_samples=args.repeats, min_time=args.min_time)
+    if tier.quick:          # memory-first tier: its long T make full timing too slow on a CPU
+        timing_kw = dict(warmups=min(args.warmups, 1), min_samples=min(args.repeats, 3), min_time=0.0)
+    requested = [p for p in args.paths if p in PATH_BACKENDS]
+    requested += [p for p in tier.extra_paths if p not in requested]
+    return _Config(tier, N, T, list(scales), spec, x, params, fwd, fwdbwd, peak, timing_kw, base, requested)
 
 
 def run_config(tier: Tier, N: int, T: int, args, scales, env: dict, bar, command: str) -> List[dict]:
@@ -141,6 +161,7 @@ def run_config(tier: Tier, N: int, T: int, args, scales, env: dict, bar, command
         _time_interpret(cfg, rows["pallas-interpret"], compiled["pallas-interpret"])
     if "spyx" in args.paths:
         rows["spyx"] = _spyx_row(cfg, bar)
+    _floor(cfg, rows, bar)
     if cfg.platform == "gpu" or args.micro:     # GPU roofline figures
         _micro(cfg, rows, speed, bar)
     if args.peak_mem and cfg.platform != "cpu":
@@ -149,10 +170,42 @@ def run_config(tier: Tier, N: int, T: int, args, scales, env: dict, bar, command
     for p, r in rows.items():
         if r.get("speed_figure") != "skipped":
             _add_ratios(r, ref)
+            _add_floor_ratios(cfg, r)
             _check_sanity(cfg, p, r, bar)
     out = [rows[p] for p in list(cfg.requested) + [p for p in rows if p not in cfg.requested]]
     _print_summary(bar, cfg.label, out)
     return out
+
+
+def _floor(cfg: _Config, rows: dict, bar) -> None:
+    """The floor columns (bench/floor.py) into every row that ran: the parts timed alone."""
+    if not cfg.tier.floor or cfg.spec.kind not in floor.KINDS:
+        return
+    bar.set_postfix_str(f"{cfg.label} floor (parts alone)")
+    try:
+        f = floor.measure(cfg.spec, cfg.x, **cfg.timing_kw)
+    except Exception as e:  # noqa: BLE001  (the floor is a figure beside the rows, never breaks them)
+        bar.write(f"[bench] {cfg.label}: floor failed: {type(e).__name__}: {e}")
+        warnings.warn(f"{cfg.label}: floor failed: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=1)
+        return
+    cols = dict(floor_fwd_ms=f["floor_fwd_s"] * 1e3, floor_fwdbwd_ms=f["floor_fwdbwd_s"] * 1e3,
+                floor_parts=f["floor_parts"])
+    for r in rows.values():
+        if r.get("speed_figure") != "skipped":
+            r.update(cols)
+    bar.write(f"[bench] {cfg.label} floor fwd {cols['floor_fwd_ms']:.3g} ms, fwd+bwd {cols['floor_fwdbwd_ms']:.3g} ms "
+              f"({f['floor_parts']})")
+
+
+def _add_floor_ratios(cfg: _Config, r: dict) -> None:
+    """``fwd_x_floor`` / ``fwdbwd_x_floor``: the path's median over the floor; ``mem_TBN``: its
+    fwd+bwd memory (temp + output) in (T, B, N) float32 arrays (models with a width N per step)."""
+    if r.get("speed_figure") not in ("no (interpret)", "skipped"):
+        for mode in ("fwd", "fwdbwd"):
+            if r.get(f"floor_{mode}_ms") and r.get(f"{mode}_median_s"):
+                r[f"{mode}_x_floor"] = r[f"{mode}_median_s"] * 1e3 / r[f"floor_{mode}_ms"]
+    if r.get("mem_fwdbwd_bytes") and cfg.spec.kind in floor.KINDS:
+        r["mem_TBN"] = r["mem_fwdbwd_bytes"] / floor.tbn_bytes(cfg.T, cfg.B, cfg.N)
 
 
 def _skipped_row(cfg: _Config, path: str, why: str, bar) -> dict:
@@ -170,12 +223,12 @@ def _compile_path(cfg: _Config, path: str, compiled: dict, bar) -> dict:
     if why is not None:
         bar.write(f"[bench] {cfg.label}: skip {path}: {why}")
         return _skipped_row(cfg, path, why, bar)
-    backend = PATH_BACKENDS[path]
+    backend, context = PATH_BACKENDS[path], path_context(path)
     bar.set_postfix_str(f"{cfg.label} compile {path}")
     try:
-        _, fused, fallbacks, _ = _plan_info(cfg.spec, backend)
-        cf = timing.compile_under(backend, cfg.fwd, cfg.params, cfg.x)
-        cb = timing.compile_under(backend, cfg.fwdbwd, cfg.params, cfg.x)
+        _, fused, fallbacks, _ = _plan_info(cfg.spec, backend, context)
+        cf = timing.compile_under(backend, cfg.fwd, cfg.params, cfg.x, context=context)
+        cb = timing.compile_under(backend, cfg.fwdbwd, cfg.params, cfg.x, context=context)
         if path != "reference" and "reference" in compiled and _same_program(compiled["reference"]["fwdbwd"], cb):
             raise RuntimeError(f"{path} compiled to the very program of the reference path: the backend "
                                f"did not take effect (stale trace?); no ratio is reported")
@@ -188,7 +241,10 @@ def _compile_path(cfg: _Config, path: str, compiled: dict, bar) -> dict:
         warnings.warn(f"{cfg.label}: {path} {why}", RuntimeWarning, stacklevel=1)
         return _skipped_row(cfg, path, why, bar)
     compiled[path] = {"fwd": cf, "fwdbwd": cb}
-    row = dict(cfg.base, path=path, snnkern_backend=backend,
+    note = {}
+    if path == "plan-xla-ckpt" and "plan-xla" in compiled and _same_program(compiled["plan-xla"]["fwdbwd"], cb):
+        note = {"note": f"time_checkpoint({CHECKPOINT!r}) compiled to plan-xla's program at this T (no checkpoints)"}
+    row = dict(**note, **cfg.base, path=path, snnkern_backend=backend,
                speed_figure="yes" if path in SPEED_PATHS else "no (interpret)",
                fused=fused, fallbacks=" | ".join(fallbacks), rates=_fmt_rates(rates), loss=loss,
                **_compile_fields(cf, cb))

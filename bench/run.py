@@ -145,7 +145,7 @@ def _calibrate(tier: Tier, N: int, bar) -> List[float]:
     (reference path, ``tier.calib_T`` steps); a warning line where that window is missed."""
     bar.set_postfix_str(f"{tier.name} N={N} calibrate")
     spec = models.build(tier.model, N, N_in=tier.n_in or None)
-    xc = jax.device_put(models.make_input(tier.B, tier.calib_T, spec.N_in))
+    xc = jax.device_put(models.make_input(tier.B, tier.calib_T, spec.N_in, spec.in_shape))
     scales, rates = models.calibrate(spec, xc)
     ok = all(models.RATE_WINDOW[0] <= r <= models.RATE_WINDOW[1] for r in rates)
     bar.write(f"[bench] {tier.name} N={N}: weight scales {[round(s, 3) for s in scales]} -> "
@@ -170,8 +170,9 @@ def main(argv=None) -> int:
         return 0
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    n_speed = sum(1 for p in args.paths if p in SPEED_PATHS)
-    bar = _progress(sum(len(t.configs()) for t in runnable) * 2 * n_speed, args.quiet)
+    def n_speed(t: Tier) -> int:
+        return len({p for p in list(args.paths) + list(t.extra_paths) if p in SPEED_PATHS})
+    bar = _progress(sum(len(t.configs()) * 2 * n_speed(t) for t in runnable), args.quiet)
     written: Dict[Path, List[dict]] = {}
     try:
         for tier in runnable:

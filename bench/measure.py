@@ -2,9 +2,9 @@
 
 :func:`run_config` builds the scaled model and its input (:func:`_prepare`), compiles every path's
 forward and forward+backward programs (compile time, memory analysis) and probes its firing rates
-(:func:`_compile_path`), times the speed paths alternating (:func:`_time_speed_paths`), adds the
-optional peer, roofline and peak-memory figures, the ratios to the reference path and the sanity
-check, and returns the rows in order.
+(:func:`_compile_path`), compiles the optional peer, times the speed paths and the peer alternating
+(:func:`_time_speed_paths`), adds the floor (:func:`_floor`), the roofline and peak-memory figures,
+the ratios to the reference path and the sanity check, and returns the rows in order.
 """
 from __future__ import annotations
 
@@ -156,11 +156,14 @@ def run_config(tier: Tier, N: int, T: int, args, scales, env: dict, bar, command
     for path in cfg.requested:
         rows[path] = _compile_path(cfg, path, compiled, bar)
     speed = [p for p in cfg.requested if p in SPEED_PATHS and p in compiled]
-    _time_speed_paths(cfg, rows, compiled, speed, bar)
+    peers: Dict[str, Dict[str, Callable]] = {}
+    if "spyx" in args.paths:      # the anchor: timed alternating with the speed paths
+        rows["spyx"], spyx_calls = _spyx_row(cfg, bar)
+        if spyx_calls:
+            peers["spyx"] = spyx_calls
+    _time_speed_paths(cfg, rows, compiled, speed, bar, peers)
     if "pallas-interpret" in compiled:
         _time_interpret(cfg, rows["pallas-interpret"], compiled["pallas-interpret"])
-    if "spyx" in args.paths:
-        rows["spyx"] = _spyx_row(cfg, bar)
     _floor(cfg, rows, bar)
     if cfg.platform == "gpu" or args.micro:     # GPU roofline figures
         _micro(cfg, rows, speed, bar)
@@ -261,10 +264,13 @@ def _probe_rates(cfg: _Config, backend: str, cf: "timing.Compiled"):
     return rates, loss
 
 
-def _time_speed_paths(cfg: _Config, rows: dict, compiled: dict, speed: List[str], bar) -> None:
-    """Time the speed paths alternating in this one process, per mode (fwd, then fwd+bwd)."""
+def _time_speed_paths(cfg: _Config, rows: dict, compiled: dict, speed: List[str], bar,
+                      peers: Optional[Dict[str, Dict[str, Callable]]] = None) -> None:
+    """Time the speed paths (and the peers' calls, ``{peer: {mode: call}}``) alternating in this one
+    process, per mode (fwd, then fwd+bwd)."""
     for mode in ("fwd", "fwdbwd"):
         calls = {p: (lambda c=compiled[p][mode]: c.fn(cfg.params, cfg.x)) for p in speed}
+        calls.update({p: c[mode] for p, c in (peers or {}).items()})
         bar.set_postfix_str(f"{cfg.label} time {mode}")
         st = timing.measure_interleaved(calls, on_done=lambda name: bar.update(1), **cfg.timing_kw)
         for p, s in st.items():
@@ -344,30 +350,29 @@ def _print_summary(bar, label, rows):
                   f"{'' if r.get('speed_figure') == 'yes' else ' [' + r['speed_figure'] + ']'}")
 
 
-def _spyx_row(cfg: _Config, bar) -> dict:
-    """The row of the optional peer spyx (same weights and input), or a skipped row with the reason."""
+def _spyx_row(cfg: _Config, bar):
+    """The row of the optional peer spyx (same weights and input) and its calls to time
+    (``{mode: call}``), or a skipped row with the reason and None."""
     from . import peers_spyx
     spec, x, label = cfg.spec, cfg.x, cfg.label
     row = dict(cfg.base, path="spyx", snnkern_backend="", fused="n/a (peer library)")
     why = peers_spyx.unavailable(spec.kind)
     if why is not None:
         bar.write(f"[bench] {label}: skip spyx: {why}")
-        return dict(row, speed_figure="skipped", note=why)
+        return dict(row, speed_figure="skipped", note=why), None
     try:
         sp, sf, sb, srates = peers_spyx.make_fns(spec, spec.model)
         cf = timing.compile_under("reference", sf, sp, x)
         cb = timing.compile_under("reference", sb, sp, x)
         rates = np.asarray(jax.jit(srates)(sp, x))
-        row.update(speed_figure="indicative (peer)", rates=_fmt_rates(rates), **_compile_fields(cf, cb),
-                   note="spyx CuBaLIF, time-major, same weights; neuron details differ (rates shown)")
-        for mode, c in (("fwd", cf), ("fwdbwd", cb)):
-            st = timing.measure_interleaved({"spyx": lambda c=c: c.fn(sp, x)}, **cfg.timing_kw)["spyx"]
-            row.update(_stat_fields(mode, st))
-        bar.write(f"[bench] {label} spyx rates {row['rates']}")
+        jax.block_until_ready((cf.fn(sp, x), cb.fn(sp, x)))      # fails here rather than while timing
     except Exception as e:  # noqa: BLE001  (a peer never breaks the run)
         bar.write(f"[bench] {label}: spyx peer failed: {type(e).__name__}: {e}")
-        row = dict(row, speed_figure="skipped", note=f"spyx peer failed: {type(e).__name__}: {e}")
-    return row
+        return dict(row, speed_figure="skipped", note=f"spyx peer failed: {type(e).__name__}: {e}"), None
+    row.update(speed_figure="indicative (peer)", rates=_fmt_rates(rates), **_compile_fields(cf, cb),
+               note="spyx CuBaLIF, time-major, same weights; neuron details differ (rates shown)")
+    bar.write(f"[bench] {label} spyx rates {row['rates']}")
+    return row, {"fwd": lambda: cf.fn(sp, x), "fwdbwd": lambda: cb.fn(sp, x)}
 
 
 _COPY_BW: Dict[str, float] = {}

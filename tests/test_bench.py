@@ -175,8 +175,8 @@ def test_spyx_row_skipped_with_reason_when_absent(monkeypatch):
     why = peers_spyx.unavailable("ff")
     assert why.startswith("spyx not importable (") and "Error" in why, why
     bar = _Bar()
-    row = measure._spyx_row(_tiny_cfg(), bar)
-    assert row["path"] == "spyx" and row["speed_figure"] == "skipped"
+    row, calls = measure._spyx_row(_tiny_cfg(), bar)
+    assert calls is None and row["path"] == "spyx" and row["speed_figure"] == "skipped"
     assert row["note"].startswith("spyx not importable") and any("skip spyx" in s for s in bar.lines)
 
 

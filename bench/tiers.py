@@ -38,7 +38,7 @@ TIERS: Dict[str, Tier] = {t.name: t for t in [
     Tier("cpu-rec", "cpu", "rec", (500,), 16, (128,), "recurrent"),
     Tier("cpu-recmlp", "cpu", "recmlp", (100,), 16, (256,), "snnax's recurrent MLP (LayerNorm inside the recurrence)",
          n_in=512),
-    Tier("cpu-conv", "cpu", "conv", (80,), 4, (64,), "snnax's tutorial conv net: a training step", calib_T=40,
+    Tier("cpu-conv", "cpu", "conv", (80,), 4, (64,), "snnax's tutorial conv net: a training step", calib_T=80,
          ),
     Tier("cpu-mem", "cpu", "ff", (500, 2000, 8000), 16, (128,), "fwd+bwd temp memory vs T, with and without "
          "time checkpointing", extra_paths=("plan-xla-ckpt",), floor=False, quick=True),

@@ -113,6 +113,14 @@ def test_update_docs_replaces_only_between_markers(tmp_path):
     assert text.startswith("# Perf\n\nintro\n") and text.endswith("\n\nafter\n")
     assert "old table" not in text and "`python -m bench.run --tiers tiny`" in text and "2.50×" in text
     assert text.count(report.DOCS_START) == 1 and text.count(report.DOCS_END) == 1
+    # the floor columns reach the summary: the multiple in the headline, the parts in their own table
+    row.update(floor_fwd_ms="0.5", floor_fwdbwd_ms="1.0", fwd_x_floor="2", fwdbwd_x_floor="2", mem_TBN="11.1",
+               floor_parts="gemm0 0.2/0.4; loop1 0.3/0.6 (ms fwd/fwd+bwd)")
+    report.update_docs(docs, [row], tmp_path / "r.csv", "python -m bench.run --tiers tiny")
+    text = docs.read_text()
+    assert "2.00× / 2.00×" in text and "/ 11.1 |" in text and "gemm0 0.2/0.4; loop1 0.3/0.6 |" in text
+    from bench.tiers import MAKE_BENCH
+    assert f"`python -m bench.run --tiers {MAKE_BENCH}`" in text
 
 
 def test_floor_columns(tiny_run):

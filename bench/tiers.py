@@ -41,7 +41,7 @@ TIERS: Dict[str, Tier] = {t.name: t for t in [
     Tier("cpu-conv", "cpu", "conv", (80,), 4, (64,), "snnax's tutorial conv net: a training step", calib_T=80,
          ),
     Tier("cpu-mem", "cpu", "ff", (500, 2000, 8000), 16, (128,), "fwd+bwd temp memory vs T, with and without "
-         "time checkpointing", extra_paths=("plan-xla-ckpt",), floor=False, quick=True),
+         "time checkpointing", extra_paths=("plan-xla-ckpt",), quick=True),
     Tier("gpu-on", "gpu", "ff", (500,), 16, (4096, 8192), "Open Neuromorphic benchmark setup"),
     Tier("gpu-small", "gpu", "ff", (1000,), 64, (1024,), "launch/latency-bound regime"),
     Tier("gpu-rec", "gpu", "rec", (1000,), 64, (256, 1024), "recurrent kernels"),

@@ -26,13 +26,11 @@ from .tiers import Tier
 PATH_BACKENDS = {"reference": "reference", "plan-xla": "xla", "pallas": "pallas",
                  "pallas-interpret": "pallas-interpret", "plan-xla-ckpt": "xla"}
 SPEED_PATHS = ("reference", "plan-xla", "pallas", "plan-xla-ckpt")   # timed alternating; ratios are speed figures
-CHECKPOINT = "auto"                     # plan-xla-ckpt traces under snnkern.time_checkpoint(CHECKPOINT)
-
-
-def path_context(path: str) -> Callable[[], contextlib.AbstractContextManager]:
-    """The context a path traces under besides its backend (plan-xla-ckpt: time checkpointing)."""
+def path_context(path: str, checkpoint="auto") -> Callable[[], contextlib.AbstractContextManager]:
+    """The context a path traces under besides its backend (plan-xla-ckpt:
+    ``snnkern.time_checkpoint(checkpoint)``, "auto" or K)."""
     if path == "plan-xla-ckpt":
-        return lambda: snnkern.time_checkpoint(CHECKPOINT)
+        return lambda: snnkern.time_checkpoint(checkpoint)
     return contextlib.nullcontext
 
 
@@ -115,6 +113,7 @@ class _Config:
     timing_kw: dict
     base: dict
     requested: List[str]          # the snnkern paths asked for, in order
+    checkpoint: object = "auto"   # plan-xla-ckpt: the argument of snnkern.time_checkpoint
 
     @property
     def B(self) -> int:
@@ -145,7 +144,8 @@ def _prepare(tier: Tier, N: int, T: int, args, scales, env: dict, command: str) 
         timing_kw = dict(warmups=min(args.warmups, 1), min_samples=min(args.repeats, 3), min_time=0.0)
     requested = [p for p in args.paths if p in PATH_BACKENDS]
     requested += [p for p in tier.extra_paths if p not in requested]
-    return _Config(tier, N, T, list(scales), spec, x, params, fwd, fwdbwd, peak, timing_kw, base, requested)
+    return _Config(tier, N, T, list(scales), spec, x, params, fwd, fwdbwd, peak, timing_kw, base, requested,
+                   getattr(args, "time_checkpoint", "auto"))
 
 
 def run_config(tier: Tier, N: int, T: int, args, scales, env: dict, bar, command: str) -> List[dict]:
@@ -226,7 +226,7 @@ def _compile_path(cfg: _Config, path: str, compiled: dict, bar) -> dict:
     if why is not None:
         bar.write(f"[bench] {cfg.label}: skip {path}: {why}")
         return _skipped_row(cfg, path, why, bar)
-    backend, context = PATH_BACKENDS[path], path_context(path)
+    backend, context = PATH_BACKENDS[path], path_context(path, cfg.checkpoint)
     bar.set_postfix_str(f"{cfg.label} compile {path}")
     try:
         _, fused, fallbacks, _ = _plan_info(cfg.spec, backend, context)
@@ -246,7 +246,9 @@ def _compile_path(cfg: _Config, path: str, compiled: dict, bar) -> dict:
     compiled[path] = {"fwd": cf, "fwdbwd": cb}
     note = {}
     if path == "plan-xla-ckpt" and "plan-xla" in compiled and _same_program(compiled["plan-xla"]["fwdbwd"], cb):
-        note = {"note": f"time_checkpoint({CHECKPOINT!r}) compiled to plan-xla's program at this T (no checkpoints)"}
+        note = {"note": f"time_checkpoint({cfg.checkpoint!r}) compiled to plan-xla's program at this T (no checkpoints)"}
+    if path == "plan-xla-ckpt":
+        backend = f"{backend}, time_checkpoint({cfg.checkpoint!r})"
     row = dict(**note, **cfg.base, path=path, snnkern_backend=backend,
                speed_figure="yes" if path in SPEED_PATHS else "no (interpret)",
                fused=fused, fallbacks=" | ".join(fallbacks), rates=_fmt_rates(rates), loss=loss,

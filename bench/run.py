@@ -125,6 +125,9 @@ def parse_args(argv=None):
                     help="GEMM / copy / neuron-loop roofline figures also on CPU (always on GPU)")
     ap.add_argument("--peak-mem", action="store_true",
                     help="GPU: peak_bytes_in_use of fwd+bwd per path, each in a fresh process")
+    ap.add_argument("--time-checkpoint", default="auto", metavar="auto|K",
+                    help="what the plan-xla-ckpt path (cpu-mem) passes to snnkern.time_checkpoint: auto "
+                         "(default) or K, store the state every K steps")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
     if a.peak_mem:      # the children need the memory this process would otherwise preallocate
@@ -135,6 +138,10 @@ def parse_args(argv=None):
         ap.error(f"unknown path(s) {', '.join(bad)}; known: {', '.join(list(PATH_BACKENDS) + list(PEERS))}")
     if "reference" not in a.paths:
         a.paths.insert(0, "reference")
+    tc = a.time_checkpoint.strip()
+    if tc != "auto" and not (tc.isdigit() and int(tc) >= 1):
+        ap.error(f"--time-checkpoint must be auto or a positive int, got {a.time_checkpoint!r}")
+    a.time_checkpoint = tc if tc == "auto" else int(tc)
     if a.repeats < 1 or a.warmups < 0:
         ap.error("--repeats must be >= 1 and --warmups >= 0")
     return a

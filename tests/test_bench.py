@@ -251,6 +251,7 @@ def test_mem_tier_with_checkpoint_path(conv_mem_run):
         assert ck["speed_figure"] == "yes", ck.get("note")
         assert ck["rates"] == by["reference"]["rates"] and int(ck["mem_fwdbwd_temp_bytes"]) > 0
         assert int(by["reference"]["fwdbwd_n"]) == 2        # quick tier: at most 3 samples (2 asked)
+        assert ck["snnkern_backend"] == "xla, time_checkpoint('auto')"
         if fake:      # the stand-in changes nothing: the harness says so instead of a false memory gain
             assert "compiled to plan-xla's program" in ck["note"]
     if fake:
@@ -263,3 +264,10 @@ def test_make_bench_runs_the_listed_tiers():
     assert f"bench.run --tiers {tiers.MAKE_BENCH}\n" in make
     assert all(t in tiers.TIERS for t in tiers.MAKE_BENCH.split(","))
     assert '".[peers]"' in make and "bench/micro_suite" in make
+
+
+def test_time_checkpoint_option():
+    assert run.parse_args(["--time-checkpoint", "64"]).time_checkpoint == 64
+    assert run.parse_args([]).time_checkpoint == "auto"
+    with pytest.raises(SystemExit):
+        run.parse_args(["--time-checkpoint", "0"])

@@ -26,7 +26,8 @@ from .platform import tracing_platform
 from .spec import Impl, NeuronLoopSpec, RecurrentLoopSpec
 from .tiling import NeuronTiling, RecTiling, layout_target
 
-__all__ = ["BACKENDS", "backend", "strict", "current_backend", "is_strict", "FallbackError", "Choice", "fallback",
+__all__ = ["BACKENDS", "backend", "strict", "time_checkpoint", "checkpoint_every", "auto_checkpoint_every",
+           "current_backend", "is_strict", "FallbackError", "Choice", "fallback",
            "choose_impl", "plan_neuron_loop", "plan_recurrent_loop", "run_neuron_loop", "run_recurrent_loop",
            "tracing_platform", "log"]
 
@@ -79,6 +80,22 @@ def _jit_key_state(name: str, values):
 _backend_state = _jit_key_state("snnkern_backend", BACKENDS)
 _strict_state = _jit_key_state("snnkern_strict", ("on", "off"))
 
+# time checkpointing: -1 unset (read SNNKERN_TIME_CHECKPOINT), 0 off, -2 auto, K > 0 every K steps
+_CKPT_UNSET, _CKPT_OFF, _CKPT_AUTO = -1, 0, -2
+
+
+def _int_jit_key_state(name: str):
+    try:
+        from jax._src import config as jax_config
+
+        return jax_config.int_state(name, _CKPT_UNSET, f"snnkern: {name}", include_in_jit_key=True,
+                                    include_in_trace_context=True)
+    except Exception:  # private API moved: keep working, without the cache-key guarantee
+        return _ThreadLocalState()
+
+
+_ckpt_state = _int_jit_key_state("snnkern_time_checkpoint")
+
 
 @contextlib.contextmanager
 def backend(name: str) -> Iterator[None]:
@@ -95,6 +112,57 @@ def strict(on: bool = True) -> Iterator[None]:
     """Turn fallbacks into :class:`FallbackError` inside the block (like ``SNNKERN_STRICT=1``)."""
     with _strict_state("on" if on else "off"):
         yield
+
+
+def _ckpt_code(every) -> int:
+    if every is None or every is False or (isinstance(every, str) and every.strip().lower() in ("off", "0", "none")):
+        return _CKPT_OFF
+    if isinstance(every, str) and every.strip().lower() == "auto":
+        return _CKPT_AUTO
+    if isinstance(every, str) and every.strip().isdigit():
+        every = int(every.strip())
+    if isinstance(every, bool) or not isinstance(every, int) or every <= 0:
+        raise ValueError(f"time_checkpoint: every must be a positive int, 'auto' or None (off), got {every!r}")
+    return every
+
+
+@contextlib.contextmanager
+def time_checkpoint(every="auto") -> Iterator[None]:
+    """Time checkpointing for models traced inside the block (overrides ``SNNKERN_TIME_CHECKPOINT``).
+
+    The planned path runs the sequence in chunks of ``every`` steps: the forward keeps only the
+    states at chunk boundaries, and the backward recomputes each chunk's forward before its
+    backward, so the training step's memory is O(T/K + K) instead of O(T) for one extra forward
+    pass. ``"auto"``: K = ceil(sqrt(T)) (the minimum of T/K + K); ``None``: off. Results and
+    gradients are unchanged (same operations, same order). Part of JAX's jit cache key, like
+    :func:`backend`; ``snnkern.explain`` shows the chunking."""
+    with _ckpt_state(_ckpt_code(every)):
+        yield
+
+
+def checkpoint_every(T: int) -> Tuple[Optional[int], Optional[str]]:
+    """``(K, note)`` for a sequence of ``T`` steps under the current setting: K None when the loop
+    is not checkpointed (off, or K >= T), with the note saying why / how."""
+    code = _ckpt_state.value
+    if code is None or code == _CKPT_UNSET:
+        code = _ckpt_code(os.environ.get("SNNKERN_TIME_CHECKPOINT", "off").strip() or "off")
+    if code == _CKPT_OFF:
+        return None, None
+    K = auto_checkpoint_every(T) if code == _CKPT_AUTO else int(code)
+    how = "auto: ceil(sqrt(T))" if code == _CKPT_AUTO else "asked for"
+    if K >= T:
+        return None, f"time checkpointing: K={K} ({how}) >= T={T}, not needed"
+    n, r = divmod(T, K)
+    rest = f" + one of {r}" if r else ""
+    return K, (f"time checkpointing every {K} steps ({how}): {n} chunks{rest}; the forward keeps the states at "
+               f"chunk boundaries, the backward recomputes each chunk")
+
+
+def auto_checkpoint_every(T: int) -> int:
+    """The K that minimises T/K + K (stored chunk states + one chunk's residuals): ceil(sqrt(T))."""
+    import math
+
+    return max(1, math.isqrt(max(T - 1, 0)) + 1) if T > 1 else 1
 
 
 def current_backend() -> str:

@@ -2,10 +2,11 @@
 
 ``from snnkern import snn`` replaces ``from snnax import snn``; ``import snnkern as snnax`` also works.
 ``snnkern.explain(model, in_shape)`` shows how a model runs; ``with snnkern.backend("reference"):``
-chooses the path (also ``SNNKERN_BACKEND``); ``SNNKERN_STRICT=1`` turns fallbacks into errors.
+chooses the path (also ``SNNKERN_BACKEND``); ``SNNKERN_STRICT=1`` turns fallbacks into errors;
+``with snnkern.time_checkpoint("auto"):`` trades one extra forward pass for O(T/K + K) training memory.
 """
 from . import functional, snn, utils
-from .kernels.dispatch import BACKENDS, FallbackError, backend, strict
+from .kernels.dispatch import BACKENDS, FallbackError, backend, strict, time_checkpoint
 from .plan import Plan
 
 
@@ -25,5 +26,5 @@ def explain(model, in_shape=None, T=None, dtype=None) -> Plan:
 
 __version__ = "0.1.0"
 
-__all__ = ["snn", "functional", "utils", "explain", "backend", "strict", "BACKENDS", "FallbackError",
+__all__ = ["snn", "functional", "utils", "explain", "backend", "strict", "time_checkpoint", "BACKENDS", "FallbackError",
            "__version__"]

@@ -180,7 +180,37 @@ _RUN = {Kind.NEURON: _Run.neuron, Kind.STATELESS: _Run.layer, Kind.COMPOUND: _Ru
 
 
 def run_plan(plan: Plan, model, states, xs: List[jax.Array], key):
-    """Run ``model`` over ``xs`` (one (T, ...) array per external input) along ``plan``."""
+    """Run ``model`` over ``xs`` (one (T, ...) array per external input) along ``plan``; with
+    ``plan.checkpoint_every`` = K, in chunks of K steps whose forward the backward recomputes."""
+    K = plan.checkpoint_every
+    T = int(xs[0].shape[0])
+    if K is None or K >= T:
+        return _run_whole(plan, model, states, xs, key)
+    return _run_checkpointed(plan, model, states, xs, key, K, T)
+
+
+def _run_checkpointed(plan: Plan, model, states, xs, key, K: int, T: int):
+    """Time checkpointing: a scan over T // K chunks (then the remainder), each chunk run layer-major
+    under ``jax.checkpoint``. The states at chunk boundaries are the scan's carry (all autodiff keeps
+    of it); a chunk's residuals exist only while its backward runs. A chunk continues exactly where
+    the last one stopped: each layer's state holds what its consumers read next (its last output).
+    Each chunk is sliced from the inputs inside the loop (no chunked copy of them)."""
+    chunk = jax.checkpoint(lambda st, xc: _run_whole(plan, model, st, xc, key))
+    n, r = divmod(T, K)
+
+    @jax.checkpoint     # the slice inside: a residual of the chunk would be a stacked copy of the inputs
+    def body(st, i):
+        return _run_whole(plan, model, st, [jax.lax.dynamic_slice_in_dim(x, i * K, K, axis=0) for x in xs], key)
+
+    st, outs = jax.lax.scan(body, states, jnp.arange(n))
+    outs = jax.tree.map(lambda o: o.reshape((n * K,) + o.shape[2:]), outs)
+    if r:
+        st, last = chunk(st, [x[n * K:] for x in xs])
+        outs = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), outs, last)
+    return st, outs
+
+
+def _run_whole(plan: Plan, model, states, xs, key):
     run = _Run(model, states, xs, key)
     for comp in plan.components:
         _RUN[comp.kind](run, comp)

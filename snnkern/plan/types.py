@@ -109,6 +109,7 @@ class Plan:
     backend: str = "auto"                    # the backend asked for
     platform: str = ""                       # the platform it was planned for
     notes: Tuple[str, ...] = field(default=())
+    checkpoint_every: Optional[int] = None   # time checkpointing: chunks of this many steps (None: off)
 
     @property
     def fallbacks(self) -> List[str]:

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 # Newest Python >= 3.12 that actually runs (pyenv shims for unselected versions fail), else python3.
 PYTHON ?= $(shell bash tools/find_python.sh)
 
-.PHONY: all venv test test-fast test-gpu-compile lint demo bench bench-quick clean
+.PHONY: all venv test test-fast test-gpu-compile lint demo bench bench-quick bench-micro clean
 
 all: test
 
@@ -43,8 +43,16 @@ test-gpu-compile: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m snnkern.demo $(DEMO_ARGS)
 
+# the spyx anchor rows need the `peers` extra; where it cannot be installed they are skipped with the reason
 bench: $(STAMP)
-	$(PY) -m bench.run --tiers cpu-small,cpu,cpu-long,cpu-rec,cpu-recmlp
+	@$(PY) -m pip install -q -e ".[peers]" || echo "[bench] could not install spyx: its rows are skipped with the reason"
+	$(PY) -m bench.run --tiers cpu-small,cpu,cpu-long,cpu-rec,cpu-recmlp,cpu-conv,cpu-mem
+
+# pytest-benchmark suite of the loops and kernels (~1 min), for run-to-run regressions:
+# make bench-micro MICRO_ARGS=--benchmark-autosave, later MICRO_ARGS=--benchmark-compare
+bench-micro: $(STAMP)
+	@$(PY) -c "import pytest_benchmark" 2>/dev/null || $(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m pytest -q -p no:cacheprovider bench/micro_suite $(MICRO_ARGS)
 
 bench-quick: $(STAMP)
 	$(PY) -m bench.run --tiers cpu-small

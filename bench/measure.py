@@ -2,15 +2,16 @@
 
 :func:`run_config` builds the scaled model and its input (:func:`_prepare`), compiles every path's
 forward and forward+backward programs (compile time, memory analysis) and probes its firing rates
-(:func:`_compile_path`), times the speed paths alternating (:func:`_time_speed_paths`), adds the
-optional peer, roofline and peak-memory figures, the ratios to the reference path and the sanity
-check, and returns the rows in order.
+(:func:`_compile_path`), compiles the optional peer, times the speed paths and the peer alternating
+(:func:`_time_speed_paths`), adds the floor (:func:`_floor`), the roofline and peak-memory figures,
+the ratios to the reference path and the sanity check, and returns the rows in order.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import jax
 import numpy as np
@@ -18,20 +19,32 @@ import numpy as np
 import snnkern
 from snnkern.plan import PlanPath
 
-from . import models, peak_mem, sanity, timing
+from . import floor, models, peak_mem, sanity, timing
 from .tiers import Tier
 
 # path name in the results -> snnkern backend
 PATH_BACKENDS = {"reference": "reference", "plan-xla": "xla", "pallas": "pallas",
-                 "pallas-interpret": "pallas-interpret"}
-SPEED_PATHS = ("reference", "plan-xla", "pallas")      # timed alternating; ratios are speed figures
+                 "pallas-interpret": "pallas-interpret", "plan-xla-ckpt": "xla"}
+SPEED_PATHS = ("reference", "plan-xla", "pallas", "plan-xla-ckpt")   # timed alternating; ratios are speed figures
+def path_context(path: str, checkpoint="auto") -> Callable[[], contextlib.AbstractContextManager]:
+    """The context a path traces under besides its backend (plan-xla-ckpt:
+    ``snnkern.time_checkpoint(checkpoint)``, "auto" or K)."""
+    if path == "plan-xla-ckpt":
+        return lambda: snnkern.time_checkpoint(checkpoint)
+    return contextlib.nullcontext
+
+
+def _checkpoint_missing() -> Optional[str]:
+    if not hasattr(snnkern, "time_checkpoint"):    # bench code: runs against older snnkern trees too
+        return "snnkern.time_checkpoint is not in this snnkern (time checkpointing not merged yet)"
+    return None
 # Interpret mode is for correctness only: timed once, and only on small problems.
 INTERPRET_MAX_WORK = 200_000            # B*T*N: cpu-small and the test tiers
 
 
-def _plan_info(spec, backend: str):
+def _plan_info(spec, backend: str, context=contextlib.nullcontext):
     """(plan, fused-components text, fallback reasons, whether a Pallas step is in the plan)."""
-    with snnkern.backend(backend):
+    with snnkern.backend(backend), context():
         plan = snnkern.explain(spec.model, spec.in_shape)
     if plan.path is PlanPath.REFERENCE:
         return plan, "none (time-major lax.scan)", [], False
@@ -43,6 +56,8 @@ def _plan_info(spec, backend: str):
 
 def _eligible(path: str, spec, platform: str, B: int, T: int, N: int):
     """None if ``path`` can run here, else the reason it is skipped."""
+    if path == "plan-xla-ckpt":
+        return _checkpoint_missing()
     if path in ("pallas", "pallas-interpret"):
         if path == "pallas" and platform == "cpu":
             return "compiled Pallas kernels need a GPU/TPU (on CPU only pallas-interpret runs)"
@@ -52,7 +67,7 @@ def _eligible(path: str, spec, platform: str, B: int, T: int, N: int):
             return f"no plan for {path}: {type(e).__name__}: {e}"
         if not has_pallas:
             return "the plan shows no Pallas step" + (f" ({fallbacks[0]})" if fallbacks else "")
-        if path == "pallas-interpret" and B * T * N > INTERPRET_MAX_WORK:
+        if path == "pallas-interpret" and B * T * max(N, spec.N_in) > INTERPRET_MAX_WORK:
             return f"interpret mode only on small problems (B*T*N <= {INTERPRET_MAX_WORK})"
     return None
 
@@ -98,6 +113,7 @@ class _Config:
     timing_kw: dict
     base: dict
     requested: List[str]          # the snnkern paths asked for, in order
+    checkpoint: object = "auto"   # plan-xla-ckpt: the argument of snnkern.time_checkpoint
 
     @property
     def B(self) -> int:
@@ -116,16 +132,20 @@ def _prepare(tier: Tier, N: int, T: int, args, scales, env: dict, command: str) 
     """Build the model (weights scaled by ``scales``), the input and the jitted-to-be functions."""
     spec = models.build(tier.model, N, N_in=tier.n_in or None)
     spec.model = models.scale_model(spec, spec.model, scales)
-    x = jax.device_put(models.make_input(tier.B, T, spec.N_in))
+    x = jax.device_put(models.make_input(tier.B, T, spec.N_in, spec.in_shape))
     params, fwd, fwdbwd = models.make_fns(spec, spec.model)
     peak = sanity.device_peak(env["platform"], env["device_kind"], env["cores"],
                               jax.config.jax_default_matmul_precision)
     base = dict(env, tier=tier.name, model=tier.model, N_in=spec.N_in, N=N, N_out=spec.N_out, T=T, B=tier.B,
                 scales="/".join(f"{s:.6g}" for s in scales), command=command,
                 peak_gflops=peak.flops / 1e9)
-    return _Config(tier, N, T, list(scales), spec, x, params, fwd, fwdbwd, peak,
-                   dict(warmups=args.warmups, min_samples=args.repeats, min_time=args.min_time), base,
-                   [p for p in args.paths if p in PATH_BACKENDS])
+    timing_kw = dict(warmups=args.warmups, min_samples=args.repeats, min_time=args.min_time)
+    if tier.quick:          # memory-first tier: its long T make full timing too slow on a CPU
+        timing_kw = dict(warmups=min(args.warmups, 1), min_samples=min(args.repeats, 3), min_time=0.0)
+    requested = [p for p in args.paths if p in PATH_BACKENDS]
+    requested += [p for p in tier.extra_paths if p not in requested]
+    return _Config(tier, N, T, list(scales), spec, x, params, fwd, fwdbwd, peak, timing_kw, base, requested,
+                   getattr(args, "time_checkpoint", "auto"))
 
 
 def run_config(tier: Tier, N: int, T: int, args, scales, env: dict, bar, command: str) -> List[dict]:
@@ -136,11 +156,15 @@ def run_config(tier: Tier, N: int, T: int, args, scales, env: dict, bar, command
     for path in cfg.requested:
         rows[path] = _compile_path(cfg, path, compiled, bar)
     speed = [p for p in cfg.requested if p in SPEED_PATHS and p in compiled]
-    _time_speed_paths(cfg, rows, compiled, speed, bar)
+    peers: Dict[str, Dict[str, Callable]] = {}
+    if "spyx" in args.paths:      # the anchor: timed alternating with the speed paths
+        rows["spyx"], spyx_calls = _spyx_row(cfg, bar)
+        if spyx_calls:
+            peers["spyx"] = spyx_calls
+    _time_speed_paths(cfg, rows, compiled, speed, bar, peers)
     if "pallas-interpret" in compiled:
         _time_interpret(cfg, rows["pallas-interpret"], compiled["pallas-interpret"])
-    if "spyx" in args.paths:
-        rows["spyx"] = _spyx_row(cfg, bar)
+    _floor(cfg, rows, bar)
     if cfg.platform == "gpu" or args.micro:     # GPU roofline figures
         _micro(cfg, rows, speed, bar)
     if args.peak_mem and cfg.platform != "cpu":
@@ -149,10 +173,42 @@ def run_config(tier: Tier, N: int, T: int, args, scales, env: dict, bar, command
     for p, r in rows.items():
         if r.get("speed_figure") != "skipped":
             _add_ratios(r, ref)
+            _add_floor_ratios(cfg, r)
             _check_sanity(cfg, p, r, bar)
     out = [rows[p] for p in list(cfg.requested) + [p for p in rows if p not in cfg.requested]]
     _print_summary(bar, cfg.label, out)
     return out
+
+
+def _floor(cfg: _Config, rows: dict, bar) -> None:
+    """The floor columns (bench/floor.py) into every row that ran: the parts timed alone."""
+    if not cfg.tier.floor or cfg.spec.kind not in floor.KINDS:
+        return
+    bar.set_postfix_str(f"{cfg.label} floor (parts alone)")
+    try:
+        f = floor.measure(cfg.spec, cfg.x, **cfg.timing_kw)
+    except Exception as e:  # noqa: BLE001  (the floor is a figure beside the rows, never breaks them)
+        bar.write(f"[bench] {cfg.label}: floor failed: {type(e).__name__}: {e}")
+        warnings.warn(f"{cfg.label}: floor failed: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=1)
+        return
+    cols = dict(floor_fwd_ms=f["floor_fwd_s"] * 1e3, floor_fwdbwd_ms=f["floor_fwdbwd_s"] * 1e3,
+                floor_parts=f["floor_parts"])
+    for r in rows.values():
+        if r.get("speed_figure") != "skipped":
+            r.update(cols)
+    bar.write(f"[bench] {cfg.label} floor fwd {cols['floor_fwd_ms']:.3g} ms, fwd+bwd {cols['floor_fwdbwd_ms']:.3g} ms "
+              f"({f['floor_parts']})")
+
+
+def _add_floor_ratios(cfg: _Config, r: dict) -> None:
+    """``fwd_x_floor`` / ``fwdbwd_x_floor``: the path's median over the floor; ``mem_TBN``: its
+    fwd+bwd memory (temp + output) in (T, B, N) float32 arrays (models with a width N per step)."""
+    if r.get("speed_figure") not in ("no (interpret)", "skipped"):
+        for mode in ("fwd", "fwdbwd"):
+            if r.get(f"floor_{mode}_ms") and r.get(f"{mode}_median_s"):
+                r[f"{mode}_x_floor"] = r[f"{mode}_median_s"] * 1e3 / r[f"floor_{mode}_ms"]
+    if r.get("mem_fwdbwd_bytes") and cfg.spec.kind in floor.KINDS:
+        r["mem_TBN"] = r["mem_fwdbwd_bytes"] / floor.tbn_bytes(cfg.T, cfg.B, cfg.N)
 
 
 def _skipped_row(cfg: _Config, path: str, why: str, bar) -> dict:
@@ -170,12 +226,12 @@ def _compile_path(cfg: _Config, path: str, compiled: dict, bar) -> dict:
     if why is not None:
         bar.write(f"[bench] {cfg.label}: skip {path}: {why}")
         return _skipped_row(cfg, path, why, bar)
-    backend = PATH_BACKENDS[path]
+    backend, context = PATH_BACKENDS[path], path_context(path, cfg.checkpoint)
     bar.set_postfix_str(f"{cfg.label} compile {path}")
     try:
-        _, fused, fallbacks, _ = _plan_info(cfg.spec, backend)
-        cf = timing.compile_under(backend, cfg.fwd, cfg.params, cfg.x)
-        cb = timing.compile_under(backend, cfg.fwdbwd, cfg.params, cfg.x)
+        _, fused, fallbacks, _ = _plan_info(cfg.spec, backend, context)
+        cf = timing.compile_under(backend, cfg.fwd, cfg.params, cfg.x, context=context)
+        cb = timing.compile_under(backend, cfg.fwdbwd, cfg.params, cfg.x, context=context)
         if path != "reference" and "reference" in compiled and _same_program(compiled["reference"]["fwdbwd"], cb):
             raise RuntimeError(f"{path} compiled to the very program of the reference path: the backend "
                                f"did not take effect (stale trace?); no ratio is reported")
@@ -188,7 +244,12 @@ def _compile_path(cfg: _Config, path: str, compiled: dict, bar) -> dict:
         warnings.warn(f"{cfg.label}: {path} {why}", RuntimeWarning, stacklevel=1)
         return _skipped_row(cfg, path, why, bar)
     compiled[path] = {"fwd": cf, "fwdbwd": cb}
-    row = dict(cfg.base, path=path, snnkern_backend=backend,
+    note = {}
+    if path == "plan-xla-ckpt" and "plan-xla" in compiled and _same_program(compiled["plan-xla"]["fwdbwd"], cb):
+        note = {"note": f"time_checkpoint({cfg.checkpoint!r}) compiled to plan-xla's program at this T (no checkpoints)"}
+    if path == "plan-xla-ckpt":
+        backend = f"{backend}, time_checkpoint({cfg.checkpoint!r})"
+    row = dict(**note, **cfg.base, path=path, snnkern_backend=backend,
                speed_figure="yes" if path in SPEED_PATHS else "no (interpret)",
                fused=fused, fallbacks=" | ".join(fallbacks), rates=_fmt_rates(rates), loss=loss,
                **_compile_fields(cf, cb))
@@ -205,10 +266,13 @@ def _probe_rates(cfg: _Config, backend: str, cf: "timing.Compiled"):
     return rates, loss
 
 
-def _time_speed_paths(cfg: _Config, rows: dict, compiled: dict, speed: List[str], bar) -> None:
-    """Time the speed paths alternating in this one process, per mode (fwd, then fwd+bwd)."""
+def _time_speed_paths(cfg: _Config, rows: dict, compiled: dict, speed: List[str], bar,
+                      peers: Optional[Dict[str, Dict[str, Callable]]] = None) -> None:
+    """Time the speed paths (and the peers' calls, ``{peer: {mode: call}}``) alternating in this one
+    process, per mode (fwd, then fwd+bwd)."""
     for mode in ("fwd", "fwdbwd"):
         calls = {p: (lambda c=compiled[p][mode]: c.fn(cfg.params, cfg.x)) for p in speed}
+        calls.update({p: c[mode] for p, c in (peers or {}).items()})
         bar.set_postfix_str(f"{cfg.label} time {mode}")
         st = timing.measure_interleaved(calls, on_done=lambda name: bar.update(1), **cfg.timing_kw)
         for p, s in st.items():
@@ -288,30 +352,29 @@ def _print_summary(bar, label, rows):
                   f"{'' if r.get('speed_figure') == 'yes' else ' [' + r['speed_figure'] + ']'}")
 
 
-def _spyx_row(cfg: _Config, bar) -> dict:
-    """The row of the optional peer spyx (same weights and input), or a skipped row with the reason."""
+def _spyx_row(cfg: _Config, bar):
+    """The row of the optional peer spyx (same weights and input) and its calls to time
+    (``{mode: call}``), or a skipped row with the reason and None."""
     from . import peers_spyx
     spec, x, label = cfg.spec, cfg.x, cfg.label
     row = dict(cfg.base, path="spyx", snnkern_backend="", fused="n/a (peer library)")
     why = peers_spyx.unavailable(spec.kind)
     if why is not None:
         bar.write(f"[bench] {label}: skip spyx: {why}")
-        return dict(row, speed_figure="skipped", note=why)
+        return dict(row, speed_figure="skipped", note=why), None
     try:
         sp, sf, sb, srates = peers_spyx.make_fns(spec, spec.model)
         cf = timing.compile_under("reference", sf, sp, x)
         cb = timing.compile_under("reference", sb, sp, x)
         rates = np.asarray(jax.jit(srates)(sp, x))
-        row.update(speed_figure="indicative (peer)", rates=_fmt_rates(rates), **_compile_fields(cf, cb),
-                   note="spyx CuBaLIF, time-major, same weights; neuron details differ (rates shown)")
-        for mode, c in (("fwd", cf), ("fwdbwd", cb)):
-            st = timing.measure_interleaved({"spyx": lambda c=c: c.fn(sp, x)}, **cfg.timing_kw)["spyx"]
-            row.update(_stat_fields(mode, st))
-        bar.write(f"[bench] {label} spyx rates {row['rates']}")
+        jax.block_until_ready((cf.fn(sp, x), cb.fn(sp, x)))      # fails here rather than while timing
     except Exception as e:  # noqa: BLE001  (a peer never breaks the run)
         bar.write(f"[bench] {label}: spyx peer failed: {type(e).__name__}: {e}")
-        row = dict(row, speed_figure="skipped", note=f"spyx peer failed: {type(e).__name__}: {e}")
-    return row
+        return dict(row, speed_figure="skipped", note=f"spyx peer failed: {type(e).__name__}: {e}"), None
+    row.update(speed_figure="indicative (peer)", rates=_fmt_rates(rates), **_compile_fields(cf, cb),
+               note="spyx CuBaLIF, time-major, same weights; neuron details differ (rates shown)")
+    bar.write(f"[bench] {label} spyx rates {row['rates']}")
+    return row, {"fwd": lambda: cf.fn(sp, x), "fwdbwd": lambda: cb.fn(sp, x)}
 
 
 _COPY_BW: Dict[str, float] = {}

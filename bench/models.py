@@ -33,7 +33,7 @@ INPUT_P = 0.3
 class ModelSpec:
     """A built model and what the harness needs to know about it."""
 
-    kind: str                                   # "ff" | "rec"
+    kind: str                                   # "ff" | "rec" | "recmlp" | "conv"
     model: snn.StatefulModel
     N_in: int
     N: int
@@ -42,10 +42,12 @@ class ModelSpec:
     groups: Tuple[Tuple[Tuple[int, Optional[int], Optional[int]], ...], ...]
     # Per LIF layer (same order as groups): (layer id, sub id | None) of its spikes in the outputs.
     lif_sites: Tuple[Tuple[int, Optional[int]], ...]
+    input_shape: Tuple[int, ...] = ()           # one sample, one step; () means (N_in,)
+    conv_macs: int = 0                          # conv: multiply-adds of one sample-step (all layers)
 
     @property
     def in_shape(self):
-        return (self.N_in,)
+        return self.input_shape or (self.N_in,)
 
     def gemm_flops(self, B: int, T: int, mode: str) -> float:
         """A lower bound on the dense GEMM FLOPs one call must do (sanity check of timings).
@@ -53,6 +55,9 @@ class ModelSpec:
         fwd: 2*B*T*(sum of in*out over Linears). fwdbwd: forward + the weight gradients (same count)
         + the input gradients of every Linear but the first one fed by the external input.
         """
+        if self.kind == "conv":      # the first layer's input gradient is not needed
+            fwd = 2.0 * B * T * self.conv_macs
+            return fwd if mode == "fwd" else 2 * fwd
         if self.kind == "ff":
             macs = [self.N_in * self.N, self.N * self.N]
             dx = [self.N * self.N]
@@ -98,13 +103,35 @@ def build(kind: str, N: int, N_in: Optional[int] = None, N_out: Optional[int] = 
         # the LayerNorm takes out a common scale: the recurrent weight's scale sets the rate
         return ModelSpec(kind, model, N_in, N, N_out, groups=(((1, 0, 1),), ((2, 0, 1),)),
                          lif_sites=((1, 2), (2, 2)))
-    raise ValueError(f"unknown model kind {kind!r} (ff | rec | recmlp)")
+    if kind == "conv":
+        return _conv_net(k)
+    raise ValueError(f"unknown model kind {kind!r} (ff | rec | recmlp | conv)")
 
 
-def make_input(B: int, T: int, N_in: int) -> np.ndarray:
-    """Bernoulli(0.3) spikes, float32, (B, T, N_in), seed 0, made once on the host."""
+CONV_IN = (2, 32, 32)       # event-camera input of snnax's tutorial net: 2 polarities, 32x32
+
+
+def _conv_net(k) -> ModelSpec:
+    """snnax's tutorial conv net (examples/tutorial_Introduction.ipynb), no biases."""
+    k = jax.random.split(k[0], 4)
+    d = [0.975, 0.95]
+    model = snn.Sequential(
+        eqx.nn.Conv2d(2, 32, 7, 2, use_bias=False, key=k[0]), snn.LIF(d), eqx.nn.Dropout(0.25),
+        eqx.nn.Conv2d(32, 64, 7, use_bias=False, key=k[1]), snn.LIF(d), eqx.nn.Dropout(0.25),
+        eqx.nn.Conv2d(64, 64, 7, use_bias=False, key=k[2]), snn.LIF(d), eqx.nn.Dropout(0.25),
+        snn.Flatten(), eqx.nn.Linear(64, 11, use_bias=False, key=k[3]), snn.LIF(d))
+    # (C_out, H_out, W_out, C_in, kernel area) per conv: 32x32 -> 13x13 -> 7x7 -> 1x1
+    macs = 32 * 13 * 13 * 2 * 49 + 64 * 7 * 7 * 32 * 49 + 64 * 1 * 1 * 64 * 49 + 64 * 11
+    return ModelSpec("conv", model, N_in=2 * 32 * 32, N=64, N_out=11,
+                     groups=(((0, None, None),), ((3, None, None),), ((6, None, None),), ((10, None, None),)),
+                     lif_sites=((1, None), (4, None), (7, None), (11, None)), input_shape=CONV_IN, conv_macs=macs)
+
+
+def make_input(B: int, T: int, N_in, shape: Optional[Tuple[int, ...]] = None) -> np.ndarray:
+    """Bernoulli(0.3) spikes, float32, (B, T, N_in) or (B, T, *shape), seed 0, made once on the host.
+    For the conv net these are the per-pixel event counts of one step (0 or 1 here)."""
     rng = np.random.default_rng(INPUT_SEED)
-    return (rng.random((B, T, N_in)) < INPUT_P).astype(np.float32)
+    return (rng.random((B, T) + tuple(shape or (N_in,))) < INPUT_P).astype(np.float32)
 
 
 def _linear(model, path):

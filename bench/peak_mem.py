@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     spec = models.build(a.model, a.N)
     model = models.scale_model(spec, spec.model, [float(s) for s in a.scales.split(",")])
     params, fwd, fwdbwd = models.make_fns(spec, model)
-    x = jax.device_put(models.make_input(a.B, a.T, spec.N_in))
+    x = jax.device_put(models.make_input(a.B, a.T, spec.N_in, spec.in_shape))
     c = compile_under(PATH_BACKENDS[a.path], fwd if a.mode == "fwd" else fwdbwd, params, x)
     jax.block_until_ready(c.fn(params, x))
     jax.block_until_ready(c.fn(params, x))

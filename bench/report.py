@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
+from .tiers import MAKE_BENCH
+
 __all__ = ["COLUMNS", "KEY", "read_csv", "write_csv", "merge_rows", "markdown", "plots", "update_docs",
            "write_all", "DOCS_START", "DOCS_END"]
 
@@ -26,9 +28,10 @@ COLUMNS = [
     "fwd_median_s", "fwd_p10_s", "fwd_p90_s", "fwd_n",
     "fwdbwd_median_s", "fwdbwd_p10_s", "fwdbwd_p90_s", "fwdbwd_n",
     "fwd_speedup", "fwdbwd_speedup",
+    "floor_fwd_ms", "floor_fwdbwd_ms", "fwd_x_floor", "fwdbwd_x_floor", "floor_parts",
     "compile_fwd_s", "compile_fwdbwd_s",
     "mem_fwd_temp_bytes", "mem_fwd_out_bytes", "mem_fwd_bytes",
-    "mem_fwdbwd_temp_bytes", "mem_fwdbwd_out_bytes", "mem_fwdbwd_bytes", "mem_ratio_fwdbwd",
+    "mem_fwdbwd_temp_bytes", "mem_fwdbwd_out_bytes", "mem_fwdbwd_bytes", "mem_ratio_fwdbwd", "mem_TBN",
     "peak_bytes_fwdbwd",
     "fwd_gflops", "fwdbwd_gflops", "peak_gflops", "sanity",
     "gemm_tflops", "loop_gbps", "copy_gbps",
@@ -50,7 +53,7 @@ def _key(row) -> tuple:
     return tuple(str(row.get(k, "")) for k in KEY)
 
 
-_PATH_ORDER = ("reference", "plan-xla", "pallas", "pallas-interpret", "spyx")
+_PATH_ORDER = ("reference", "plan-xla", "plan-xla-ckpt", "pallas", "pallas-interpret", "spyx")
 
 
 def sort_rows(rows: Iterable[dict]) -> List[dict]:
@@ -148,8 +151,8 @@ def headline_table(rows: Sequence[dict]) -> List[str]:
     ref = {_config(r): r for r in rows if r["path"] == "reference" and r.get("speed_figure") != "skipped"}
     out = ["| tier | model | N | T | B | path | fwd ref ms | fwd path ms | fwd speed-up | fwd+bwd ref ms "
            "| fwd+bwd path ms | fwd+bwd speed-up | fwd+bwd mem ref / path MB | compile fwd+bwd ref / path s "
-           "| LIF firing rates |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| LIF firing rates | × floor fwd / fwd+bwd (ref; path) | mem ref / path in (T,B,N) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["path"] == "reference" or r.get("speed_figure") in ("skipped", "no (interpret)"):
             continue          # interpret mode is never a speed figure: detail table only
@@ -162,7 +165,35 @@ def headline_table(rows: Sequence[dict]) -> List[str]:
             f"| **{_x(fs)}** | {_ms(R, 'fwdbwd')} | {_ms(r, 'fwdbwd')} | **{_x(bs)}** "
             f"| {_mb(_f(R, 'mem_fwdbwd_bytes'))} / {_mb(_f(r, 'mem_fwdbwd_bytes'))} "
             f"| {_f(R, 'compile_fwdbwd_s') or 0:.2f} / {_f(r, 'compile_fwdbwd_s') or 0:.2f} "
-            f"| {_rates_pair(R.get('rates'), r.get('rates'))} |")
+            f"| {_rates_pair(R.get('rates'), r.get('rates'))} | {_floor_pair(R)}; {_floor_pair(r)} "
+            f"| {_tbn(R)} / {_tbn(r)} |")
+    return out
+
+
+def _floor_pair(r) -> str:
+    """``fwd_x_floor / fwdbwd_x_floor`` of a row ("-" where the tier has no floor)."""
+    a, b = _f(r, "fwd_x_floor"), _f(r, "fwdbwd_x_floor")
+    return "-" if a is None and b is None else f"{_x(a)} / {_x(b)}"
+
+
+def _tbn(r) -> str:
+    v = _f(r, "mem_TBN")
+    return "-" if v is None else f"{v:.3g}"
+
+
+def floor_table(rows: Sequence[dict]) -> List[str]:
+    """One line per configuration with a floor: the parts alone and their sums."""
+    seen: Dict[tuple, dict] = {}
+    for r in rows:
+        if r.get("floor_parts") and _config(r) not in seen:
+            seen[_config(r)] = r
+    if not seen:
+        return []
+    out = ["| tier | model | N | T | B | floor fwd ms | floor fwd+bwd ms | parts (ms fwd / fwd+bwd) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for c, r in seen.items():
+        out.append(f"| {c[0]} | {c[1]} | {c[2]} | {c[3]} | {c[4]} | {_num(_f(r, 'floor_fwd_ms'))} "
+                   f"| {_num(_f(r, 'floor_fwdbwd_ms'))} | {r['floor_parts'].replace(' (ms fwd/fwd+bwd)', '')} |")
     return out
 
 
@@ -230,6 +261,13 @@ def markdown(rows: Sequence[dict], title: str = "snnkern benchmark", plots_: Seq
              "Memory: `compiled.memory_analysis()` temp + output bytes. Equal LIF "
              "firing rates across paths show equal work.", "",
              "## Headline ratios", ""] + headline_table(rows) + ["", "## All rows", ""] + detail_table(rows)
+    fl = floor_table(rows)
+    if fl:
+        lines += ["", "## Floor: the parts alone", "",
+                  "Each GEMM (forward; backward dW + dX) and each neuron / recurrent loop (forward; "
+                  "forward+backward) timed alone at the model's shapes, in the same process "
+                  "(bench/floor.py); a path's `× floor` is its median over their sum, `mem (T,B,N)` its "
+                  "fwd+bwd memory (temp + output) in (T, B, N) float32 arrays.", ""] + fl
     g = gpu_table(rows)
     if g:
         lines += ["", "## GPU roofline figures", ""] + g
@@ -351,9 +389,12 @@ def update_docs(docs_path, rows: Sequence[dict], csv_path, command: str) -> None
     body = ["", f"Latest run: {machine_line(rows)}.", "",
             ("Command: " if len(cmds) == 1 else "Commands (rows of the same day and device are merged): ")
             + ", ".join(f"`{c}`" for c in cmds) + " (from the repository root; `make bench` runs "
-            "`python -m bench.run --tiers cpu-small,cpu,cpu-long,cpu-rec`).", "",
+            f"`python -m bench.run --tiers {MAKE_BENCH}`).", "",
             f"Full results: [{Path(csv_path).name}]({rel}) (and the .md / .png files beside it).", ""]
     body += headline_table(rows)
+    fl = floor_table(rows)
+    if fl:
+        body += ["", "Floor (the parts alone, bench/floor.py; `× floor` above = path median / floor):", ""] + fl
     flagged = [r for r in rows if "REJECTED" in str(r.get("sanity", ""))]
     if flagged:
         body += ["", f"⚠ {len(flagged)} timing(s) rejected by the sanity check (implied rate above the "

@@ -125,6 +125,9 @@ def parse_args(argv=None):
                     help="GEMM / copy / neuron-loop roofline figures also on CPU (always on GPU)")
     ap.add_argument("--peak-mem", action="store_true",
                     help="GPU: peak_bytes_in_use of fwd+bwd per path, each in a fresh process")
+    ap.add_argument("--time-checkpoint", default="auto", metavar="auto|K",
+                    help="what the plan-xla-ckpt path (cpu-mem) passes to snnkern.time_checkpoint: auto "
+                         "(default) or K, store the state every K steps")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
     if a.peak_mem:      # the children need the memory this process would otherwise preallocate
@@ -135,6 +138,10 @@ def parse_args(argv=None):
         ap.error(f"unknown path(s) {', '.join(bad)}; known: {', '.join(list(PATH_BACKENDS) + list(PEERS))}")
     if "reference" not in a.paths:
         a.paths.insert(0, "reference")
+    tc = a.time_checkpoint.strip()
+    if tc != "auto" and not (tc.isdigit() and int(tc) >= 1):
+        ap.error(f"--time-checkpoint must be auto or a positive int, got {a.time_checkpoint!r}")
+    a.time_checkpoint = tc if tc == "auto" else int(tc)
     if a.repeats < 1 or a.warmups < 0:
         ap.error("--repeats must be >= 1 and --warmups >= 0")
     return a
@@ -145,7 +152,7 @@ def _calibrate(tier: Tier, N: int, bar) -> List[float]:
     (reference path, ``tier.calib_T`` steps); a warning line where that window is missed."""
     bar.set_postfix_str(f"{tier.name} N={N} calibrate")
     spec = models.build(tier.model, N, N_in=tier.n_in or None)
-    xc = jax.device_put(models.make_input(tier.B, tier.calib_T, spec.N_in))
+    xc = jax.device_put(models.make_input(tier.B, tier.calib_T, spec.N_in, spec.in_shape))
     scales, rates = models.calibrate(spec, xc)
     ok = all(models.RATE_WINDOW[0] <= r <= models.RATE_WINDOW[1] for r in rates)
     bar.write(f"[bench] {tier.name} N={N}: weight scales {[round(s, 3) for s in scales]} -> "
@@ -170,8 +177,9 @@ def main(argv=None) -> int:
         return 0
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    n_speed = sum(1 for p in args.paths if p in SPEED_PATHS)
-    bar = _progress(sum(len(t.configs()) for t in runnable) * 2 * n_speed, args.quiet)
+    def n_speed(t: Tier) -> int:
+        return len({p for p in list(args.paths) + list(t.extra_paths) if p in SPEED_PATHS})
+    bar = _progress(sum(len(t.configs()) * 2 * n_speed(t) for t in runnable), args.quiet)
     written: Dict[Path, List[dict]] = {}
     try:
         for tier in runnable:

@@ -1,6 +1,7 @@
 """Compile, memory and wall-clock measurement (BENCH.md "What to time")."""
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
@@ -42,8 +43,9 @@ def _memory(compiled):
     return get("temp_size_in_bytes"), get("output_size_in_bytes"), get("argument_size_in_bytes")
 
 
-def compile_under(backend: str, fn: Callable, *args) -> Compiled:
-    """Lower and compile ``fn(*args)`` with snnkern's backend ``backend`` (read at trace time).
+def compile_under(backend: str, fn: Callable, *args, context: Callable = contextlib.nullcontext) -> Compiled:
+    """Lower and compile ``fn(*args)`` with snnkern's backend ``backend`` (read at trace time),
+    inside ``context()`` as well (e.g. ``lambda: snnkern.time_checkpoint("auto")``).
 
     ``jax.jit`` caches traces per Python function, so ``fn`` is wrapped in a fresh function each
     time: otherwise a second backend would silently reuse the first backend's trace.
@@ -51,7 +53,7 @@ def compile_under(backend: str, fn: Callable, *args) -> Compiled:
     def fresh(*a):
         return fn(*a)
 
-    with snnkern.backend(backend):
+    with snnkern.backend(backend), context():
         t0 = time.perf_counter()
         compiled = jax.jit(fresh).lower(*args).compile()
         dt = time.perf_counter() - t0

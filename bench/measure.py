@@ -26,11 +26,17 @@ from .tiers import Tier
 PATH_BACKENDS = {"reference": "reference", "plan-xla": "xla", "pallas": "pallas",
                  "pallas-interpret": "pallas-interpret", "plan-xla-ckpt": "xla"}
 SPEED_PATHS = ("reference", "plan-xla", "pallas", "plan-xla-ckpt")   # timed alternating; ratios are speed figures
+
+
 def path_context(path: str, checkpoint="auto") -> Callable[[], contextlib.AbstractContextManager]:
-    """The context a path traces under besides its backend (plan-xla-ckpt:
-    ``snnkern.time_checkpoint(checkpoint)``, "auto" or K)."""
+    """The context a path traces under besides its backend: plan-xla-ckpt under
+    ``snnkern.time_checkpoint(checkpoint)`` ("auto" or K); plan-xla and pallas explicitly without
+    time checkpointing (on CPU it is the default for T >= 1000: plan-xla-ckpt is then the default
+    plan, plan-xla the plan without it)."""
     if path == "plan-xla-ckpt":
         return lambda: snnkern.time_checkpoint(checkpoint)
+    if path in ("plan-xla", "pallas", "pallas-interpret") and not _checkpoint_missing():
+        return lambda: snnkern.time_checkpoint(None)
     return contextlib.nullcontext
 
 

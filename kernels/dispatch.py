@@ -26,7 +26,7 @@ from .platform import tracing_platform
 from .spec import Impl, NeuronLoopSpec, RecurrentLoopSpec
 from .tiling import NeuronTiling, RecTiling, layout_target
 
-__all__ = ["BACKENDS", "backend", "strict", "time_checkpoint", "checkpoint_every", "auto_checkpoint_every",
+__all__ = ["BACKENDS", "backend", "strict", "time_checkpoint", "checkpoint_every", "checkpoint_asked", "auto_checkpoint_every",
            "current_backend", "is_strict", "FallbackError", "Choice", "fallback",
            "choose_impl", "plan_neuron_loop", "plan_recurrent_loop", "run_neuron_loop", "run_recurrent_loop",
            "tracing_platform", "log"]
@@ -133,23 +133,52 @@ def time_checkpoint(every="auto") -> Iterator[None]:
     The planned path runs the sequence in chunks of ``every`` steps: the forward keeps only the
     states at chunk boundaries, and the backward recomputes each chunk's forward before its
     backward, so the training step's memory is O(T/K + K) instead of O(T) for one extra forward
-    pass. ``"auto"``: K = ceil(sqrt(T)) (the minimum of T/K + K); ``None``: off. Results and
+    pass. ``"auto"``: K = ceil(sqrt(T)) (the minimum of T/K + K); ``None``: off. Without a block (and
+    without the variable) it is ``"auto"`` on CPU for T >= 1000 and off elsewhere. Results and
     gradients are unchanged (same operations, same order). Part of JAX's jit cache key, like
     :func:`backend`; ``snnkern.explain`` shows the chunking."""
     with _ckpt_state(_ckpt_code(every)):
         yield
 
 
-def checkpoint_every(T: int) -> Tuple[Optional[int], Optional[str]]:
-    """``(K, note)`` for a sequence of ``T`` steps under the current setting: K None when the loop
-    is not checkpointed (off, or K >= T), with the note saying why / how."""
+# On CPU the planned path checkpoints sequences this long by default: measured (docs/performance.md,
+# cpu-mem / cpu-long tiers) 1.5-1.9x faster training steps at T >= 1000 and ~8x less memory: a chunk
+# recomputed from cache costs less than its residuals written to and read back from DRAM.
+CPU_DEFAULT_MIN_T = 1000
+
+
+def checkpoint_asked() -> bool:
+    """Whether time checkpointing was asked for (a :func:`time_checkpoint` block other than None,
+    or ``SNNKERN_TIME_CHECKPOINT``), as opposed to the platform default."""
     code = _ckpt_state.value
     if code is None or code == _CKPT_UNSET:
-        code = _ckpt_code(os.environ.get("SNNKERN_TIME_CHECKPOINT", "off").strip() or "off")
+        env = os.environ.get("SNNKERN_TIME_CHECKPOINT", "").strip()
+        return bool(env) and _ckpt_code(env) != _CKPT_OFF
+    return code != _CKPT_OFF
+
+
+def checkpoint_every(T: int, platform: str = "cpu") -> Tuple[Optional[int], Optional[str]]:
+    """``(K, note)`` for a sequence of ``T`` steps under the current setting: K None when the loop
+    is not checkpointed (off, or K >= T), with the note saying why / how. Unset (no
+    :func:`time_checkpoint` block, no ``SNNKERN_TIME_CHECKPOINT``): ``auto`` on CPU for
+    ``T >= CPU_DEFAULT_MIN_T``, off otherwise."""
+    code = _ckpt_state.value
+    if code is None or code == _CKPT_UNSET:
+        env = os.environ.get("SNNKERN_TIME_CHECKPOINT", "").strip()
+        code = _ckpt_code(env) if env else _CKPT_UNSET
+    how = "asked for"
+    if code == _CKPT_UNSET:
+        if platform.lower() != "cpu" or T < CPU_DEFAULT_MIN_T:
+            return None, None
+        code, how = _CKPT_AUTO, (f"the default on CPU for T >= {CPU_DEFAULT_MIN_T}: faster there; "
+                                 "snnkern.time_checkpoint(None) turns it off")
+    elif code == _CKPT_AUTO:
+        how = "auto"
     if code == _CKPT_OFF:
         return None, None
     K = auto_checkpoint_every(T) if code == _CKPT_AUTO else int(code)
-    how = "auto: ceil(sqrt(T))" if code == _CKPT_AUTO else "asked for"
+    if code == _CKPT_AUTO:
+        how = "K = ceil(sqrt(T)), " + how
     if K >= T:
         return None, f"time checkpointing: K={K} ({how}) >= T={T}, not needed"
     n, r = divmod(T, K)

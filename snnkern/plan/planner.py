@@ -218,16 +218,15 @@ def make_plan(struct, layers: Sequence, xs: Sequence, states: Sequence, *,
     requested = dispatch.current_backend()
     platform = dispatch.tracing_platform(*arrays)
     if requested == "reference" or reference_reason is not None:
-        every, _ = dispatch.checkpoint_every(int(xs[0].shape[0]))
         notes = ("time checkpointing applies to the planned path only; the reference path runs unchanged",) \
-            if every is not None else ()
+            if dispatch.checkpoint_asked() else ()
         reason = None if requested == "reference" else dispatch.fallback("model", "reference", reference_reason)
         plan = Plan(PlanPath.REFERENCE, reason=reason, backend=requested, platform=platform, notes=notes)
     else:
         planner = _Planner(struct, list(layers), list(xs), list(states), platform)
         comps = tuple(planner.cycle_component(ids) if cyclic else planner.layer_component(ids[0])
                       for ids, cyclic in components(struct.num_layers, struct.input_connectivity))
-        every, note = dispatch.checkpoint_every(int(xs[0].shape[0]))
+        every, note = dispatch.checkpoint_every(int(xs[0].shape[0]), platform)
         plan = Plan(PlanPath.PLANNED, comps, backend=requested, platform=platform, checkpoint_every=every,
                     notes=(note,) if note else ())
     for rec in _recorders:

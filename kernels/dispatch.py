@@ -26,7 +26,8 @@ from .platform import tracing_platform
 from .spec import Impl, NeuronLoopSpec, RecurrentLoopSpec
 from .tiling import NeuronTiling, RecTiling, layout_target
 
-__all__ = ["BACKENDS", "backend", "strict", "time_checkpoint", "checkpoint_every", "checkpoint_asked", "auto_checkpoint_every",
+__all__ = ["BACKENDS", "backend", "strict", "time_checkpoint", "checkpoint_every", "checkpoint_asked",
+           "auto_checkpoint_every",
            "current_backend", "is_strict", "FallbackError", "Choice", "fallback",
            "choose_impl", "plan_neuron_loop", "plan_recurrent_loop", "run_neuron_loop", "run_recurrent_loop",
            "tracing_platform", "log"]

@@ -135,7 +135,7 @@ def time_checkpoint(every="auto") -> Iterator[None]:
     states at chunk boundaries, and the backward recomputes each chunk's forward before its
     backward, so the training step's memory is O(T/K + K) instead of O(T) for one extra forward
     pass. ``"auto"``: K = ceil(sqrt(T)) (the minimum of T/K + K); ``None``: off. Without a block (and
-    without the variable) it is ``"auto"`` on CPU for T >= 1000 and off elsewhere. Results and
+    without the variable) it is ``"auto"`` on CPU for T >= 500 and off elsewhere. Results and
     gradients are unchanged (same operations, same order). Part of JAX's jit cache key, like
     :func:`backend`; ``snnkern.explain`` shows the chunking."""
     with _ckpt_state(_ckpt_code(every)):
@@ -143,9 +143,9 @@ def time_checkpoint(every="auto") -> Iterator[None]:
 
 
 # On CPU the planned path checkpoints sequences this long by default: measured (docs/performance.md,
-# cpu-mem / cpu-long tiers) 1.5-1.9x faster training steps at T >= 1000 and ~8x less memory: a chunk
+# cpu, cpu-rec, cpu-long, cpu-mem tiers) faster training steps at T >= 500 (0.9-1.9x the time) and 5-8x less memory: a chunk
 # recomputed from cache costs less than its residuals written to and read back from DRAM.
-CPU_DEFAULT_MIN_T = 1000
+CPU_DEFAULT_MIN_T = 500
 
 
 def checkpoint_asked() -> bool:

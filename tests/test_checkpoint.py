@@ -108,13 +108,13 @@ def test_checkpoint_not_needed_and_reference_notes():
 
 
 def test_default_on_cpu_for_long_sequences(monkeypatch):
-    """No block, no variable: ``auto`` on CPU for T >= 1000 (named in the note), off below, off
+    """No block, no variable: ``auto`` on CPU for T >= 500 (named in the note), off below, off
     for a GPU/TPU plan, off with ``time_checkpoint(None)``; the reference path gets no note."""
     monkeypatch.delenv("SNNKERN_TIME_CHECKPOINT", raising=False)
     model = _ff()
-    plan = snnkern.explain(model, (3,), T=1000)
-    assert plan.checkpoint_every == 32 and "default on CPU" in plan.notes[0]
-    assert snnkern.explain(model, (3,), T=999).checkpoint_every is None
+    plan = snnkern.explain(model, (3,), T=500)
+    assert plan.checkpoint_every == 23 and "default on CPU" in plan.notes[0]
+    assert snnkern.explain(model, (3,), T=499).checkpoint_every is None
     with snnkern.time_checkpoint(None):
         assert snnkern.explain(model, (3,), T=4000).checkpoint_every is None
     assert dispatch.checkpoint_every(4000, "gpu") == (None, None)

@@ -353,6 +353,20 @@ def test_plan_w_choices():
     assert "LayerNorm" in why and "64-neuron blocks" in why
 
 
+def test_per_step_layers_keep_a_streamed_size_on_xla():
+    # a LayerNorm (or any per-step layer) inside the recurrence needs whole rows: 256 unpadded neurons
+    # (the streamed size) run the XLA loop, with the reason; without per-step layers the streamed kernels
+    from test_recurrent_chains import recmlp
+    with snnkern.backend("pallas-interpret"):
+        for kind, n in (("ln", 256), ("identity-lambda", 256)):
+            loops = [s for s in snnkern.explain(recmlp(jax.random.PRNGKey(0), n=n, kind=kind), (3, 4)).steps
+                     if s.path is Path.RECURRENT_LOOP]
+            assert loops and all(s.impl is Impl.XLA and "need a whole row" in s.reason for s in loops), kind
+        loops = [s for s in snnkern.explain(recmlp(jax.random.PRNGKey(0), n=256, kind="none"), (3, 4)).steps
+                 if s.path is Path.RECURRENT_LOOP]
+        assert loops and all(s.impl is Impl.PALLAS_INTERPRET and "streamed" in str(s) for s in loops)
+
+
 def test_pallas_kernel_raises_when_too_large(monkeypatch):
     # the planner keeps such a layer on XLA (test_plan_checks_the_recurrent_size_limit); the kernel
     # itself never falls back: handed a loop it cannot take, it raises

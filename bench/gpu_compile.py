@@ -48,7 +48,7 @@ RESIDUALS = ("none", "bfloat16", "float16")
 REC_NS = (64, 128, 256, 512, 1024)
 REC_KINDS = ("LIF", "LIFSoftReset", "SimpleLIF", "AdaptiveLIF", "SimpleIAF", "IAF", "SimpleLI", "SigmaDelta")
 # the bench models at the gpu tiers' sizes (bench/tiers.py: gpu-small, gpu-on, gpu-rec), and rec at 128
-# (the largest recurrent layer the GPU kernels take)
+# (the largest recurrent layer with W_rec on chip; 256 and 1024 run the streamed kernels)
 MODELS = (("ff", 1024, 64), ("ff", 8192, 16), ("rec", 128, 64), ("rec", 256, 64), ("rec", 1024, 64))
 MARK_BEGIN, MARK_END = "<!-- gpu-resources:begin -->", "<!-- gpu-resources:end -->"
 TRITON_CALL = "__gpu$xla.gpu.triton"
@@ -64,7 +64,7 @@ def case_ids(scope: str = "all", platform: str = "gpu") -> List[str]:
     neuron = [f"neuron:{k}:{x}:{r}:grad" for k in NEURONS for x in X_DTYPES for r in residuals]
     neuron += [f"neuron:{k}:float32:none:fwd" for k in NEURONS]
     rec = [f"rec:LIF:{n}:float32" for n in REC_NS] + [f"rec:LIF:{n}:bfloat16" for n in REC_NS]
-    rec += [f"rec:{k}:128:float32" for k in REC_KINDS if k != "LIF"]
+    rec += [f"rec:{k}:{n}:float32" for n in (128, 1024) for k in REC_KINDS if k != "LIF"]
     models = [f"model:{m}:{n}:{b}" for m, n, b in MODELS]
     if scope == "docs":
         # bfloat16 inputs with a narrowed residual add nothing the two alone do not show
@@ -157,8 +157,11 @@ def _rec_case(cid, kind, n, ff_dtype, platform, T=32, B=64):
             jax.ShapeDtypeStruct((n, n), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.float32))
     fits = PR.size_reason(n, platform) is None
     expect = {"snnkern_recurrent_fwd": 1, "snnkern_recurrent_bwd": 1} if fits else {}
-    tl = RecTiling("tpu" if platform == "tpu" else "gpu").layout(T, B, n)
-    return Case(cid, fn, args, expect, f"n={n} (n_pad {tl.n_pad}, bB {tl.bB}), T={T}, B={B}"
+    target = "tpu" if platform == "tpu" else "gpu"
+    streamed = target == "gpu" and not PR.resident_w(RecTiling(target).n_pad(n), jnp.float32, target)
+    tl = RecTiling(target).layout(T, B, n, streamed=streamed)
+    how = f", W streamed in {tl.bk} x {tl.bk} tiles" if streamed else ""
+    return Case(cid, fn, args, expect, f"n={n} (n_pad {tl.n_pad}, bB {tl.bB}{how}), T={T}, B={B}"
                 + ("" if fits else " - over the size limit: the XLA loop"))
 
 

@@ -310,7 +310,7 @@ def plan_recurrent_loop(where: str, step, params, state0, ff, w, b, *, spike_idx
     normalises exactly the n real neurons of a row)."""
     platform = (platform or tracing_platform()).lower()
     choice = choose_impl(where, platform)
-    impl, reason, tiling, resident = choice.impl, choice.reason, None, None
+    impl, reason, tiling, resident, w_note = choice.impl, choice.reason, None, None, None
     if impl.is_pallas:
         from . import pallas_recurrent as pr
         target, rules = _kernel_target(impl, platform)
@@ -323,12 +323,13 @@ def plan_recurrent_loop(where: str, step, params, state0, ff, w, b, *, spike_idx
                    f"row to be a real neuron; {n} neurons are padded to {candidate.n_pad(n)}")
         if why is None and per_step and isinstance(params, dict) and jax.tree.leaves(params.get("per_step")):
             why = f"the per-step layers {', '.join(per_step)} have parameters (the kernels tile only the neuron's)"
+        if why is None:   # W_rec on chip, or (GPU, large n) streamed per step: the choice and its reason
+            resident, w_note, why = pr.plan_w(n, pr.dot_dtype_of(state0[-1].dtype, w.dtype), target, per_step)
         if why is None:
             tiling = candidate
-            resident = pr.resident_w(tiling.n_pad(n), pr.dot_dtype_of(state0[-1].dtype, w.dtype), target)
         else:
-            impl, reason = Impl.XLA, fallback(where, "xla", why)
-    spec = RecurrentLoopSpec(impl, tuple(sorted(set(spike_idx))), want_out, want_cur, tiling, resident)
+            impl, reason, resident, w_note = Impl.XLA, fallback(where, "xla", why), None, None
+    spec = RecurrentLoopSpec(impl, tuple(sorted(set(spike_idx))), want_out, want_cur, tiling, resident, w_note)
     return spec, reason
 
 

@@ -19,9 +19,12 @@ The recurrence couples every neuron, so a tile spans **all** ``n`` neurons (padd
 and the grid runs over batch tiles (and, on TPU, sequential time chunks, the state carried in the
 resident final-state block as in :mod:`.pallas_neuron`). ``W^T`` is one whole block: it is loaded
 once before the time loop when it is small (``n_pad^2 x itemsize <= RESIDENT_W_BYTES``: kept in
-registers / shared memory), else read from its ref at every step (GPU: an L2-resident global
-array; TPU: VMEM). Size limit: ``n_pad <= MAX_N`` (1024); larger recurrent layers are planned
-on the XLA loop (a cuBLAS / MXU GEMM per step), with the reason in the plan.
+registers / shared memory), else (TPU, ``any``) read from its ref at every step (VMEM). On GPU a
+W that is not resident is **streamed** (:func:`_streamed_forward_kernel`): W stays in global memory
+(L2) and is read per step in ``bk`` x ``bk`` tiles, the state lives in the program's output blocks,
+and each step works through ``bk``-neuron column blocks (see the comment above those kernels).
+Size limit: ``n_pad <= MAX_N`` (1024); larger recurrent layers are planned on the XLA loop (a
+cuBLAS / MXU GEMM per step), with the reason in the plan.
 
 Tiles: GPU (Triton) ``bB`` a power of 2 >= 16 and ``n_pad = next_pow2(n) >= 16`` (``tl.dot`` needs
 power-of-2 dims >= 16); TPU (Mosaic) ``bB`` a multiple of 8, ``n_pad`` a multiple of 128, time in
@@ -46,12 +49,9 @@ from .pallas_neuron import eligible as neuron_eligible
 from .tiling import RecLayout, RecTiling, compiler_params, layout_target, next_pow2, round_up
 
 __all__ = ["recurrent_batched", "eligible", "unsupported", "size_reason", "default_tiling", "resident_w",
-           "dot_dtype_of", "MAX_N", "GPU_MAX_N", "RESIDENT_W_BYTES"]
+           "dot_dtype_of", "plan_w", "MAX_N", "RESIDENT_W_BYTES"]
 
 MAX_N = 1024
-# GPU (Triton): W^T is one block in shared memory (224 KiB per block on an H100/H200), so float32 W of
-# 256+ padded neurons (256 KiB) does not compile (RESOURCE_EXHAUSTED); docs/kernels.md, "GPU resources"
-GPU_MAX_N = 128
 RESIDENT_W_BYTES = {"gpu": 64 * 1024, "tpu": 8 * 1024 * 1024, "any": 64 * 1024}
 
 
@@ -66,9 +66,6 @@ def size_reason(n: int, platform: Optional[str] = None) -> Optional[str]:
     """None if a recurrent layer of ``n`` neurons fits the kernels' size limit, else why not."""
     plat = (platform or jax.default_backend()).lower()
     n_pad = round_up(n, 128) if plat == "tpu" else next_pow2(n)
-    if plat in ("gpu", "cuda", "rocm") and n_pad > GPU_MAX_N:
-        return (f"the recurrent layer has {n} neurons (padded {n_pad}) > {GPU_MAX_N}: W_rec does not fit on chip "
-                f"(GPU shared memory); the XLA loop runs one GEMM per step instead")
     if n_pad > MAX_N:
         return (f"the recurrent layer has {n} neurons (padded {n_pad}) > {MAX_N}: W_rec does not fit on chip "
                 f"next to the state tiles; the XLA loop runs one GEMM per step instead")
@@ -111,6 +108,27 @@ def default_tiling(platform: Optional[str], interpret: bool, block_b=None, block
 def resident_w(n_pad: int, dot_dtype, target: str) -> bool:
     """Whether W_rec (``n_pad`` x ``n_pad`` in ``dot_dtype``) is kept on chip for the whole loop."""
     return n_pad * n_pad * jnp.dtype(dot_dtype).itemsize <= RESIDENT_W_BYTES[target]
+
+
+def plan_w(n: int, dot_dtype, target: str, per_step: Sequence[str] = ()):
+    """Where W_rec lives for ``n`` neurons on layout ``target``: ``(resident, note, why_not)``.
+    ``resident``: loaded on chip once (``n_pad^2 x itemsize <= RESIDENT_W_BYTES``); else on GPU the
+    streamed kernels (W tiles read per step, the state in global memory, column blocks), which
+    cannot take per-step layers (a LayerNorm needs a whole row at once): ``why_not`` then says so.
+    ``note``: the choice and its reason, for the plan."""
+    tiling = RecTiling(target)
+    n_pad, itemsize = tiling.n_pad(n), jnp.dtype(dot_dtype).itemsize
+    size = f"{n_pad} x {n_pad} x {itemsize} B {{}} {RESIDENT_W_BYTES[target] // 1024} KiB"
+    if resident_w(n_pad, dot_dtype, target):
+        return True, "W_rec on chip: " + size.format("<="), None
+    if target != "gpu":
+        return False, "W_rec read per step: " + size.format(">"), None
+    bk = tiling.layout(1, 1, n, streamed=True).bk
+    note = f"W_rec streamed per step in {bk} x {bk} tiles, state in global memory: " + size.format(">")
+    if per_step:
+        return False, note, (f"the per-step layers {', '.join(per_step)} need a whole row of neurons at once; "
+                             f"the streamed GPU kernels for {n} neurons (padded {n_pad}) work in {bk}-neuron blocks")
+    return False, note, None
 
 
 def dot_dtype_of(state_dtype, w_dtype):
@@ -182,7 +200,6 @@ def recurrent_batched(step, dyn, static, w, b, state0: list, ff: jax.Array, spik
     def combine(vals):
         return eqx.combine(jax.tree.unflatten(treedef, list(vals)), static)
 
-    tl = tiling.layout(T, B, n)
     n_s = len(state0)
     s_dtypes = [s.dtype for s in state0]
     cur_dtype = jax.eval_shape(lambda r, x: current(w, b, r, x), state0[-1], ff[:, 0]).dtype
@@ -191,7 +208,15 @@ def recurrent_batched(step, dyn, static, w, b, state0: list, ff: jax.Array, spik
                                jax.ShapeDtypeStruct((n,), cur_dtype))[1].dtype
     dot_dtype = dot_dtype_of(s_dtypes[-1], w.dtype)
     if resident is None:
-        resident = resident_w(tl.n_pad, dot_dtype, tl.target)
+        resident = resident_w(tiling.n_pad(n), dot_dtype, tiling.target)
+    if resident and tiling.target == "gpu" and not resident_w(tiling.n_pad(n), dot_dtype, "gpu"):
+        raise ValueError(f"the Pallas recurrent kernel cannot hold W_rec on chip: {n} neurons (padded "
+                         f"{tiling.n_pad(n)}) of {jnp.dtype(dot_dtype).name} exceed RESIDENT_W_BYTES['gpu'] = "
+                         f"{RESIDENT_W_BYTES['gpu']} B (GPU shared memory); pass resident=False (W streamed per step)")
+    # GPU without W_rec on chip: the streamed kernels (column blocks, W tiles read per step)
+    tl = tiling.layout(T, B, n, streamed=not resident and tiling.target == "gpu")
+    if tl.streamed and tl.n_chunks != 1:
+        raise ValueError(f"the streamed recurrent kernels run all T = {T} steps in one program, not {tl.n_chunks} chunks")
     has_bias = b is not None
     cfg = dict(tl=tl, step=step, combine=combine, n_p=len(leaves), s_dtypes=s_dtypes, cur_dtype=cur_dtype,
                out_dtype=out_dtype, dot_dtype=dot_dtype, has_bias=has_bias,
@@ -255,13 +280,26 @@ def _dot(a, b, dot_dtype, precision):
     return jnp.dot(a.astype(dot_dtype), b, precision=precision, preferred_element_type=jnp.float32)
 
 
+def _forward_refs(refs, n_p, n_s, has_bias, want_out, emit_cur, keep):
+    """The forward kernels' refs: params, state0, ff, W^T, bias | final state, outs, I, reads, residuals."""
+    r = RefReader(refs)
+    return (r.take(n_p), r.take(n_s), r.one(), r.one(), r.opt(has_bias), r.take(n_s), r.opt(want_out),
+            r.opt(emit_cur), r.one(), r.rest() if keep else [])
+
+
+def _backward_refs(refs, n_p, n_s, want_out, want_cur):
+    """The backward kernels' refs: params, state0, residuals, I, reads, W, d outs, d I, d reads, d final
+    state | d state0, d I, d params."""
+    r = RefReader(refs)
+    return (r.take(n_p), r.take(n_s), r.take(n_s - 1), r.one(), r.one(), r.one(), r.opt(want_out), r.opt(want_cur),
+            r.one(), r.take(n_s), r.take(n_s), r.one(), r.rest())
+
+
 def _forward_kernel(*refs, tl: RecLayout, step, combine, n_p, s_dtypes, cur_dtype, out_dtype, dot_dtype,
                     res_dtypes, has_bias, resident, want_out, emit_cur, keep, precision):
     n_s = len(s_dtypes)
-    r = RefReader(refs)
-    p_refs, s0_refs, x_ref, wt_ref, b_ref = r.take(n_p), r.take(n_s), r.one(), r.one(), r.opt(has_bias)
-    sT_refs, out_ref, cur_ref, read_ref = r.take(n_s), r.opt(want_out), r.opt(emit_cur), r.one()
-    res_refs = r.rest() if keep else []
+    (p_refs, s0_refs, x_ref, wt_ref, b_ref, sT_refs, out_ref, cur_ref, read_ref,
+     res_refs) = _forward_refs(refs, n_p, n_s, has_bias, want_out, emit_cur, keep)
 
     shape = (tl.bB, tl.n_pad)
     p = combine([jnp.broadcast_to(ref[...], shape) for ref in p_refs])
@@ -298,10 +336,11 @@ def _forward_call(*, tl: RecLayout, step, combine, n_p, s_dtypes, cur_dtype, out
     out_shape = [jax.ShapeDtypeStruct((Bp, Np), dt) for dt in s_dtypes]
     out_shape += [jax.ShapeDtypeStruct((Tp, Bp, Np), dt) for dt in seqs]
     in_specs = [vec] * n_p + [rows] * n_s + [seq, whole] + ([vec] if has_bias else [])
-    kernel = functools.partial(_forward_kernel, tl=tl, step=step, combine=combine, n_p=n_p, s_dtypes=s_dtypes,
+    body = _streamed_forward_kernel if tl.streamed else _forward_kernel
+    kernel = functools.partial(body, tl=tl, step=step, combine=combine, n_p=n_p, s_dtypes=s_dtypes,
                                cur_dtype=cur_dtype, out_dtype=out_dtype, dot_dtype=dot_dtype, res_dtypes=res_dtypes,
                                has_bias=has_bias, resident=resident, want_out=want_out, emit_cur=emit_cur,
-                               keep=keep, precision=precision)
+                               keep=keep, precision=precision, **_sync_kw(tl, interpret))
     return pl.pallas_call(kernel, out_shape=out_shape, grid=(tl.n_tiles, tl.n_chunks), in_specs=in_specs,
                           out_specs=[rows] * n_s + [seq] * len(seqs), compiler_params=compiler_params(tl, interpret),
                           interpret=interpret, name="snnkern_recurrent_fwd")
@@ -310,11 +349,8 @@ def _forward_call(*, tl: RecLayout, step, combine, n_p, s_dtypes, cur_dtype, out
 def _backward_kernel(*refs, tl: RecLayout, step, combine, n_p, s_dtypes, out_dtype, dot_dtype, res_dtypes,
                      resident, want_out, want_cur, precision):
     n_s = len(s_dtypes)
-    r = RefReader(refs)
-    p_refs, s0_refs, res_refs = r.take(n_p), r.take(n_s), r.take(n_s - 1)
-    cur_ref, read_ref, w_ref = r.one(), r.one(), r.one()
-    g_out_ref, g_cur_ref, g_read_ref = r.opt(want_out), r.opt(want_cur), r.one()
-    g_sT_refs, g_s0_refs, g_i_ref, g_p_refs = r.take(n_s), r.take(n_s), r.one(), r.rest()
+    (p_refs, s0_refs, res_refs, cur_ref, read_ref, w_ref, g_out_ref, g_cur_ref, g_read_ref, g_sT_refs, g_s0_refs,
+     g_i_ref, g_p_refs) = _backward_refs(refs, n_p, n_s, want_out, want_cur)
 
     shape = (tl.bB, tl.n_pad)
     p_vals = [jnp.broadcast_to(ref[...], shape) for ref in p_refs]
@@ -367,9 +403,161 @@ def _backward_call(*, tl: RecLayout, step, combine, n_p, s_dtypes, cur_dtype, ou
     out_shape = ([jax.ShapeDtypeStruct((Bp, Np), dt) for dt in s_dtypes]
                  + [jax.ShapeDtypeStruct((Tp, Bp, Np), jnp.float32)]
                  + [jax.ShapeDtypeStruct((Bp, Np), dt) for dt in p_dtypes])
-    kernel = functools.partial(_backward_kernel, tl=tl, step=step, combine=combine, n_p=n_p, s_dtypes=s_dtypes,
+    body = _streamed_backward_kernel if tl.streamed else _backward_kernel
+    kernel = functools.partial(body, tl=tl, step=step, combine=combine, n_p=n_p, s_dtypes=s_dtypes,
                                out_dtype=out_dtype, dot_dtype=dot_dtype, res_dtypes=res_dtypes, resident=resident,
-                               want_out=want_out, want_cur=want_cur, precision=precision)
+                               want_out=want_out, want_cur=want_cur, precision=precision, **_sync_kw(tl, interpret))
     return pl.pallas_call(kernel, out_shape=out_shape, grid=(tl.n_tiles, tl.n_chunks), in_specs=in_specs,
                           out_specs=[rows] * n_s + [seq] + [rows] * n_p, compiler_params=compiler_params(tl, interpret),
                           interpret=interpret, name="snnkern_recurrent_bwd")
+
+
+# the streamed GPU kernels ---------------------------------------------------------------------
+#
+# W_rec stays in global memory (HBM; at n <= 1024 float32 it is 4 MiB and stays in the H200's L2) and so
+# does the state: its carry is the program's final-state output block. A step works on column blocks of
+# ``bk`` neurons (the neuron step is elementwise across neurons): block J of ``r_{t-1} @ W^T`` is
+# ``sum_K r_{t-1}[:, K] @ W^T[K, J]``, a loop of (bB, bk) x (bk, bk) dots whose r tiles come from
+# ``reads[t]`` (a primal output, written at the start of the step). A program thus needs the whole of
+# ``r_{t-1}`` at every step: splitting the neurons across programs would need a grid-wide barrier per
+# step, which a kernel does not have, so the neurons stay in one program and only the batch is split.
+# The threads of one program exchange data through global memory; ``sync`` (a block-wide barrier,
+# ``bar.sync``) orders every write before the reads of other threads that follow it, and every read
+# of a block before it is overwritten (a load's and a store's thread layouts may differ).
+
+
+def _sync_kw(tl: RecLayout, interpret: bool) -> dict:
+    """The streamed kernels' barrier (compiled GPU only: the interpreter runs a program's ops in order)."""
+    if not tl.streamed:
+        return {}
+    if interpret:
+        return dict(sync=lambda: None)
+    from jax.experimental.pallas import triton as plgpu
+    return dict(sync=plgpu.debug_barrier)
+
+
+def _blocks(tl: RecLayout, fn):
+    """``fn(cols)`` for every column block (``cols`` a ``pl.ds`` of ``tl.bk`` neurons), in a loop."""
+    def body(J, carry):
+        fn(pl.ds(pl.multiple_of(J * tl.bk, tl.bk), tl.bk))
+        return carry
+
+    jax.lax.fori_loop(0, tl.n_pad // tl.bk, body, 0)
+
+
+def _streamed_dot(tl: RecLayout, rows_ref, j, w_ref, cj, dot_dtype, precision):
+    """Block ``cj`` of ``rows_ref[j] @ w_ref``: the (bB, bk) sum over K tiles, float32."""
+    def body(K, acc):
+        ck = pl.ds(pl.multiple_of(K * tl.bk, tl.bk), tl.bk)
+        return acc + _dot(rows_ref[j, :, ck], w_ref[ck, cj], dot_dtype, precision)
+
+    return jax.lax.fori_loop(0, tl.n_pad // tl.bk, body, jnp.zeros((tl.bB, tl.bk), jnp.float32))
+
+
+def _copy_blocks(tl: RecLayout, dsts, srcs, sync):
+    """``dst[...] = src[...]`` (zeros where ``src`` is None), one column block at a time."""
+    def copy(cj):
+        for d, s_ in zip(dsts, srcs):
+            d[:, cj] = jnp.zeros((tl.bB, tl.bk), d.dtype) if s_ is None else s_[:, cj]
+
+    _blocks(tl, copy)
+    sync()
+
+
+def _streamed_forward_kernel(*refs, tl: RecLayout, step, combine, n_p, s_dtypes, cur_dtype, out_dtype, dot_dtype,
+                             res_dtypes, has_bias, resident, want_out, emit_cur, keep, precision, sync):
+    del resident
+    n_s = len(s_dtypes)
+    (p_refs, s0_refs, x_ref, wt_ref, b_ref, sT_refs, out_ref, cur_ref, read_ref,
+     res_refs) = _forward_refs(refs, n_p, n_s, has_bias, want_out, emit_cur, keep)
+    shape = (tl.bB, tl.bk)
+    _copy_blocks(tl, sT_refs, s0_refs, sync)      # one program runs all T steps (a gpu layout: no chunks)
+
+    def body(j, carry):
+        def snapshot(cj):   # reads[t] = r_{t-1}; the residuals: the entering state
+            read_ref[j, :, cj] = sT_refs[-1][:, cj]
+            for k in range(n_s - 1 if keep else 0):
+                res_refs[k][j, :, cj] = sT_refs[k][:, cj].astype(res_dtypes[k])
+
+        _blocks(tl, snapshot)
+        sync()
+
+        def update(cj):
+            rec = _streamed_dot(tl, read_ref, j, wt_ref, cj, dot_dtype, precision)
+            if has_bias:
+                rec = rec + jnp.broadcast_to(b_ref[:, cj], shape)
+            i_t = (x_ref[j, :, cj] + rec).astype(cur_dtype)
+            s = [ref[:, cj] for ref in sT_refs]
+            p = combine([jnp.broadcast_to(ref[:, cj], shape) for ref in p_refs])
+            ns, out = step(p, list(s), i_t)
+            ns = [a.astype(dt) for a, dt in zip(ns, s_dtypes)]
+            sync()          # every thread has read its part of this block before any of it is overwritten
+            for ref, v in zip(sT_refs, ns):
+                ref[:, cj] = v
+            if emit_cur:
+                cur_ref[j, :, cj] = i_t
+            if want_out:
+                out_ref[j, :, cj] = out.astype(out_dtype)
+
+        _blocks(tl, update)
+        sync()
+        return carry
+
+    jax.lax.fori_loop(0, tl.T, body, 0)
+
+
+def _streamed_backward_kernel(*refs, tl: RecLayout, step, combine, n_p, s_dtypes, out_dtype, dot_dtype, res_dtypes,
+                              resident, want_out, want_cur, precision, sync):
+    del resident
+    n_s = len(s_dtypes)
+    (p_refs, s0_refs, res_refs, cur_ref, read_ref, w_ref, g_out_ref, g_cur_ref, g_read_ref, g_sT_refs, g_s_refs,
+     g_i_ref, g_p_refs) = _backward_refs(refs, n_p, n_s, want_out, want_cur)
+    shape = (tl.bB, tl.bk)
+    # the carries live in the output blocks: d state (from d final state) and the parameter sums (zeros)
+    _copy_blocks(tl, g_s_refs + g_p_refs, g_sT_refs + [None] * n_p, sync)
+    spike_res = {k for k, dt in enumerate(res_dtypes) if jnp.dtype(dt) == jnp.dtype(jnp.int8)}
+
+    def f(d, s, x):
+        return step(combine(d), s, x)
+
+    def body(i, carry):
+        j = t = tl.T - 1 - i         # reverse time, all T steps in this program
+
+        def local(cj):      # the step's VJP on one block; d state without the recurrent term
+            s = []
+            for k, ref in enumerate(res_refs):
+                v = ref[j, :, cj].astype(s_dtypes[k])
+                s.append(jnp.where(t == 0, s0_refs[k][:, cj], v) if k in spike_res else v)
+            s.append(read_ref[j, :, cj])
+            g_s = [ref[:, cj] for ref in g_s_refs]
+            g_p = [ref[:, cj] for ref in g_p_refs]
+            g_out = g_out_ref[j, :, cj] if want_out else jnp.zeros(shape, out_dtype)
+            p_vals = [jnp.broadcast_to(ref[:, cj], shape) for ref in p_refs]
+            _, vjp = jax.vjp(f, p_vals, s, cur_ref[j, :, cj])
+            dd, ds, di = vjp(([a.astype(dt) for a, dt in zip(g_s, s_dtypes)], g_out))
+            di = di.astype(jnp.float32)
+            if want_cur:
+                di = di + g_cur_ref[j, :, cj].astype(jnp.float32)
+            ds = [a.astype(dt) for a, dt in zip(ds, s_dtypes)]
+            ds[-1] = ds[-1] + g_read_ref[j, :, cj].astype(s_dtypes[-1])
+            g_i_ref[j, :, cj] = di
+            sync()
+            for ref, v in zip(g_s_refs, ds):
+                ref[:, cj] = v
+            for ref, a, b_ in zip(g_p_refs, g_p, dd):
+                ref[:, cj] = a + b_.astype(a.dtype)
+
+        _blocks(tl, local)
+        sync()
+
+        def recurrent(cj):  # d r_{t-1} += dI_t @ W, block cj
+            rec = _streamed_dot(tl, g_i_ref, j, w_ref, cj, dot_dtype, precision)
+            v = g_s_refs[-1][:, cj] + rec.astype(s_dtypes[-1])
+            sync()
+            g_s_refs[-1][:, cj] = v
+
+        _blocks(tl, recurrent)
+        sync()
+        return carry
+
+    jax.lax.fori_loop(0, tl.T, body, 0)

@@ -59,7 +59,8 @@ class NeuronLoopSpec:
 class RecurrentLoopSpec:
     """A recurrent compound's loop (``I_t = ff_t + W_rec r_{t-1} + b``). ``want_cur``: emit the (T, n)
     currents (the Parallel's output) rather than only the last one; ``resident_w``: W_rec is kept on
-    chip for the whole loop (Pallas; decided by its size)."""
+    chip for the whole loop (Pallas; decided by its size); ``w_note``: that choice and its reason, as
+    the plan shows it."""
 
     impl: Impl
     spike_idx: Tuple[int, ...] = ()
@@ -67,6 +68,9 @@ class RecurrentLoopSpec:
     want_cur: bool = True
     tiling: Optional[RecTiling] = None
     resident_w: Optional[bool] = None
+    w_note: Optional[str] = None
 
     def describe(self) -> str:
+        if self.w_note:
+            return _describe(self, ", " + self.w_note)
         return _describe(self, ", W_rec on chip" if self.resident_w else ", W_rec read per step")

@@ -25,6 +25,12 @@ __all__ = ["TARGETS", "GPU_PLATFORMS", "next_pow2", "round_up", "layout_target",
 
 TARGETS = ("gpu", "tpu", "any")
 GPU_PLATFORMS = ("gpu", "cuda", "rocm")
+# the streamed recurrent kernels: 64-neuron column blocks (a 64 x 64 float32 W tile, 16 KiB of shared memory)
+# and 8 warps: 104-187 registers per thread at any n (every neuron type), no spills. 128-neuron blocks with
+# 4 warps took 255 and spilled: the W tile passes through registers, 128 per thread (docs/kernels.md,
+# "Large n on GPU")
+DEFAULT_BLOCK_K = 64
+STREAMED_NUM_WARPS = 8
 _DEFAULT_BLOCK_T_TPU = 64          # 64 steps x 1024 neurons x 4 B = 256 KiB per array per chunk
 
 
@@ -153,7 +159,9 @@ class NeuronTiling(Tiling):
 @dataclasses.dataclass(frozen=True)
 class RecLayout(_Layout):
     """A (T, B, n) recurrent problem cut into tiles: ``bB`` samples per tile of ``B_pad``;
-    ``n_pad`` neurons (one tile spans them all); ``tc`` steps per chunk of ``T_pad``."""
+    ``n_pad`` neurons (one tile spans them all); ``tc`` steps per chunk of ``T_pad``. ``streamed``:
+    the GPU kernels that keep neither W_rec nor the state on chip and work in ``bk``-neuron column
+    blocks (``bk`` x ``bk`` tiles of W_rec read per step)."""
 
     target: str
     T: int
@@ -164,12 +172,17 @@ class RecLayout(_Layout):
     n_pad: int
     tc: int
     T_pad: int
+    streamed: bool = False
+    bk: int = 0
 
     rows_padded = property(lambda self: self.B_pad)
     rows_per_tile = property(lambda self: self.bB)
 
     @property
     def num_warps(self) -> int:
+        if self.streamed:
+            # a (bB, bk) block per step of the kernels' inner loops, a (bk, bk) W tile per dot
+            return STREAMED_NUM_WARPS
         # n_pad // 8 warps (4..16): the resident W^T takes n_pad^2 / (32 * num_warps) <= 32 registers per
         # thread; with 4 warps at n_pad = 128 it took 128 and the backward kernel spilled (docs/kernels.md,
         # "GPU resources")
@@ -179,14 +192,17 @@ class RecLayout(_Layout):
 @dataclasses.dataclass(frozen=True)
 class RecTiling(Tiling):
     """Tiling of the recurrent kernels: ``block_b`` samples per tile (GPU: a power of 2 >= 16, a
-    ``tl.dot`` operand; TPU: a multiple of 8)."""
+    ``tl.dot`` operand; TPU: a multiple of 8); ``block_k``: neurons per column block of the streamed
+    GPU kernels (a power of 2 >= 16, default 128, at most ``n_pad``)."""
 
     block_b: Optional[int] = None
+    block_k: Optional[int] = None
 
     DEFAULT_BLOCK: ClassVar[Dict[str, int]] = {"gpu": 16, "tpu": 128, "any": 16}
 
     def __post_init__(self):
         super().__post_init__()
+        self._check_block_k()
         bb = self.block_b
         if bb is None:
             return
@@ -195,19 +211,30 @@ class RecTiling(Tiling):
         if self.target != "tpu" and (int(bb) < 16 or int(bb) & (int(bb) - 1)):
             raise ValueError(f"block_b must be a power of 2 >= 16 (a Triton dot operand), got {bb}")
 
+    def _check_block_k(self):
+        bk = self.block_k
+        if bk is not None and (int(bk) < 16 or int(bk) & (int(bk) - 1)):
+            raise ValueError(f"block_k must be a power of 2 >= 16 (a Triton dot operand), got {bk}")
+
     def n_pad(self, n: int) -> int:
         if self.target == "tpu":
             return round_up(n, 128)
         return max(16, next_pow2(n)) if self.target == "gpu" else max(128, next_pow2(n))
 
-    def layout(self, T: int, B: int, n: int) -> RecLayout:
+    def layout(self, T: int, B: int, n: int, streamed: bool = False) -> RecLayout:
+        """The cut of a (T, B, n) problem; ``streamed``: for the streamed GPU kernels (a ``gpu``
+        target only: the others keep W_rec whole)."""
+        if streamed and self.target != "gpu":
+            raise ValueError(f"the streamed recurrent kernels need the gpu tiling, not {self.target!r}")
         bB = self.DEFAULT_BLOCK[self.target] if self.block_b is None else int(self.block_b)
         if self.target == "tpu":
             bB = min(bB, round_up(B, 8))
         elif self.target == "gpu":
             bB = min(bB, max(16, next_pow2(B)))
         tc = self.time_chunk(T)
-        return RecLayout(self.target, T, B, n, bB, round_up(B, bB), self.n_pad(n), tc, round_up(T, tc))
+        n_pad = self.n_pad(n)
+        bk = min(n_pad, DEFAULT_BLOCK_K if self.block_k is None else int(self.block_k)) if streamed else 0
+        return RecLayout(self.target, T, B, n, bB, round_up(B, bB), n_pad, tc, round_up(T, tc), streamed, bk)
 
 
 def compiler_params(layout, interpret: bool):

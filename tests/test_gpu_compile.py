@@ -76,12 +76,16 @@ def test_neuron_kernels_compile_for_h200(cid, h200):
 
 @pytest.mark.parametrize("cid", REC_CASES)
 def test_recurrent_kernels_compile_for_h200(cid, h200):
-    # n in 64..1024, float32 / bfloat16 feed-forward currents; every neuron type at n = 128. Above the
-    # GPU size limit (padded n > 128) the executable must hold no recurrent kernel (the XLA loop)
+    # n in 64..1024, float32 / bfloat16 feed-forward currents; every neuron type at n = 128 (W_rec on chip)
+    # and n = 1024 (streamed). Every one of them plans the kernels now (up to MAX_N = 1024)
     case, text = compile_ok(cid, h200)
     n = int(cid.split(":")[2])
     from snnkern.kernels import pallas_recurrent as PR
-    assert (PR.size_reason(n, "gpu") is None) == ("snnkern_recurrent_fwd" in text)
+    assert PR.size_reason(n, "gpu") is None and "snnkern_recurrent_fwd" in text and "snnkern_recurrent_bwd" in text
+    streamed = not PR.resident_w(n, case.args[3].dtype, "gpu")
+    assert streamed == (n > 128)
+    calls = {c["name"]: c for c in G.kernel_calls(text)}
+    assert calls["snnkern_recurrent_fwd"]["num_warps"] == (8 if streamed else min(16, max(4, n // 8)))
 
 
 @pytest.mark.parametrize("cid", MODEL_CASES)
@@ -101,12 +105,11 @@ def test_bench_model_training_step_compiles_for_h200(cid, h200):
     loops = [s for s in plan.steps if s.path.is_loop]
     if kind == "ff":
         assert len(loops) == 2 and all(s.path is Path.NEURON_LOOP and s.impl is Impl.PALLAS for s in loops), str(plan)
-    elif N <= 128:
+    else:   # W_rec on chip at 128, streamed above
         assert [(s.path, s.impl) for s in loops] == [(Path.RECURRENT_LOOP, Impl.PALLAS)], str(plan)
-    else:
-        assert loops[0].impl is Impl.XLA and "GPU shared memory" in loops[0].reason, str(plan)
+        assert ("W_rec on chip" if N <= 128 else "W_rec streamed per step") in str(plan), str(plan)
     case, _ = compile_ok(cid, h200)
-    assert case.expect or (kind == "rec" and N > 128)
+    assert case.expect
 
 
 # ================================================================================================
@@ -234,11 +237,12 @@ def test_a_spill_fails_the_compile(h200, monkeypatch):
 
 
 def test_shared_memory_over_the_limit_fails_the_compile(h200, monkeypatch):
-    # float32 W_rec of 256 neurons in one block: 256 KiB of shared memory > the H200's 227 KiB per block
+    # float32 W_rec of 256 neurons in one block (on chip, not streamed): 256 KiB of shared memory > the
+    # H200's 227 KiB per block
     import jax
 
     from snnkern.kernels import pallas_recurrent as PR
-    monkeypatch.setattr(PR, "GPU_MAX_N", 256)
+    monkeypatch.setitem(PR.RESIDENT_W_BYTES, "gpu", 256 * 1024)
     case = G.build_case("rec:LIF:256:float32", h200)
     with pytest.raises(jax.errors.JaxRuntimeError, match="RESOURCE_EXHAUSTED.*[Ss]hared memory"):
         G.compile_case(case, h200)

@@ -4,7 +4,8 @@ kernels (kernels/pallas_recurrent.py).
 - **Oracle**: autodiff of a plain per-sample ``lax.scan`` of ``I_t = ff_t + (W r_{t-1} + b)`` and
   the neuron's ``step`` (what the reference path computes), vmapped over the batch.
 - **Equivalence** (interpret mode on CPU): the XLA batched loop and the Pallas kernels (GPU tile
-  layout; TPU layout with time chunks and masked padded steps; W read per step instead of held)
+  layout; TPU layout with time chunks and masked padded steps; W read per step instead of held; the
+  streamed GPU kernels for large n: n = 256 / 512 in 64-neuron blocks, and 16-neuron blocks at n = 37)
   against the oracle, under ``jit``, ``vmap`` and ``value_and_grad`` (and ``vmap(grad)``, plain
   ``grad``, per-example weights), for several neuron types. Forward: atol 1e-5 (the in-loop dot
   of the kernel sums padded zeros in another order than XLA's matvec); gradients: atol 1e-4 +
@@ -302,11 +303,69 @@ def test_pallas_several_batch_tiles_no_bias_no_outputs():
 
 
 def test_pallas_w_read_every_step(monkeypatch):
-    # W^T too big to hold: read from its ref inside the loop (the path of 256+ neurons on GPU)
+    # W^T too big to hold: the streamed kernels (the path of 256+ neurons on GPU), here one block of 64
     monkeypatch.setitem(PR.RESIDENT_W_BYTES, "gpu", 0)
     # with the flip-tolerant comparison of the GPU test (the interpreted kernel rounds as the
     # oracle does, so nothing is left out: it runs the code path the GPU test depends on)
     check("LIF", pallas(), max_flipped=0.25)
+
+
+@pytest.mark.parametrize("n", [256, 512])
+def test_pallas_streamed_large_n_matches_oracle(n):
+    # 256 / 512 neurons: W_rec not on chip (256^2 x 4 B > 64 KiB), streamed in 64 x 64 tiles: 4 / 8 column
+    # blocks; the state in the output blocks. Outputs, final states and gradients against the oracle
+    assert not PR.resident_w(n, jnp.float32, "gpu") and RecTiling("gpu").layout(8, 2, n, streamed=True).bk == 64
+    check("LIF", pallas(), n=n, T=8, B=2)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pallas_streamed_column_blocks_match_oracle(kind):
+    # the streamed kernels in 16-neuron blocks (37 neurons -> 64: 4 blocks, the last 11 of them padding),
+    # every neuron type, with and without the bias and the outputs
+    plain = KINDS.index(kind) % 2 == 0
+    check(kind, pallas(tiling=RecTiling("gpu", block_k=16), resident=False), bias=plain, want_out=plain,
+          want_cur=plain, T=7)
+
+
+def test_pallas_streamed_bf16_feed_forward_and_batch_tiles():
+    g = check("AdaptiveLIF", pallas(tiling=RecTiling("gpu", block_b=16, block_k=32), resident=False), B=19,
+              ff_dtype=jnp.bfloat16, T=6)
+    assert g[2].dtype == jnp.bfloat16
+
+
+def test_pallas_kernel_raises_on_w_it_cannot_hold():
+    layer, p, st, ff, w, b = problem("LIF", n=200, T=3, B=2)
+    with pytest.raises(ValueError, match="cannot hold W_rec on chip.*200 neurons.*resident=False"):
+        loss_fn(layer, pallas(resident=True))(p, st, ff, w, b)
+    with pytest.raises(ValueError, match="block_k must be a power of 2"):
+        RecTiling("gpu", block_k=48)
+    with pytest.raises(ValueError, match="need the gpu tiling"):
+        RecTiling("tpu").layout(3, 2, 256, streamed=True)
+
+
+def test_plan_w_choices():
+    # resident up to 64 KiB on GPU; streamed above, with the tile and the reason; TPU keeps W in VMEM
+    assert PR.plan_w(128, jnp.float32, "gpu") == (True, "W_rec on chip: 128 x 128 x 4 B <= 64 KiB", None)
+    res, note, why = PR.plan_w(300, jnp.float32, "gpu")
+    assert not res and why is None and note.startswith("W_rec streamed per step in 64 x 64 tiles") and "512 x 512" in note
+    assert PR.plan_w(1024, jnp.float32, "tpu")[0] is True
+    assert PR.plan_w(256, jnp.bfloat16, "gpu")[0] is False            # 128 KiB
+    res, note, why = PR.plan_w(256, jnp.float32, "gpu", per_step=("LayerNorm",))
+    assert "LayerNorm" in why and "64-neuron blocks" in why
+
+
+def test_per_step_layers_keep_a_streamed_size_on_xla():
+    # a LayerNorm (or any per-step layer) inside the recurrence needs whole rows: 256 unpadded neurons
+    # (the streamed size) run the XLA loop, with the reason; without per-step layers the streamed kernels
+    from test_recurrent_chains import recmlp
+    with snnkern.backend("pallas-interpret"):
+        for kind, n in (("ln", 256), ("identity-lambda", 256)):
+            loops = [s for s in snnkern.explain(recmlp(jax.random.PRNGKey(0), n=n, kind=kind), (3, 4)).steps
+                     if s.path is Path.RECURRENT_LOOP]
+            assert loops and all(s.impl is Impl.XLA and "need a whole row" in s.reason for s in loops), kind
+        loops = [s for s in snnkern.explain(recmlp(jax.random.PRNGKey(0), n=256, kind="none"), (3, 4)).steps
+                 if s.path is Path.RECURRENT_LOOP]
+        assert loops and all(s.impl is Impl.PALLAS_INTERPRET and "streamed" in str(s) for s in loops)
 
 
 def test_pallas_kernel_raises_when_too_large(monkeypatch):
@@ -332,8 +391,12 @@ def test_rec_tiling_and_eligible():
     with pytest.raises(ValueError, match="multiple of 8"):
         RecTiling("tpu", block_b=12).layout(10, 4, 8)
     assert PR.eligible(10, 128, jnp.float32, "cuda") is None
-    # GPU: W^T of 256+ padded neurons does not fit in shared memory (tests/test_gpu_compile.py)
-    assert "GPU shared memory" in PR.eligible(10, 256, jnp.float32, "cuda")
+    # GPU: 256+ padded neurons run the streamed kernels (tests/test_gpu_compile.py), up to MAX_N
+    assert PR.eligible(10, 256, jnp.float32, "cuda") is None and PR.eligible(10, 1024, jnp.float32, "cuda") is None
+    s = RecTiling("gpu").layout(10, 3, 300, streamed=True)
+    assert (s.streamed, s.bk, s.n_pad, s.num_warps) == (True, 64, 512, 8)
+    assert RecTiling("gpu", block_k=256).layout(10, 3, 100, streamed=True).bk == 128     # at most n_pad
+    assert RecTiling("gpu").layout(10, 3, 300).num_warps == 16                          # resident: n_pad // 8
     assert PR.eligible(10, 256, jnp.float32, "tpu") is None
     assert PR.eligible(10, 1024, jnp.bfloat16, "tpu") is None
     assert "1025" in PR.eligible(10, 1025, jnp.float32, "cuda")
@@ -375,6 +438,13 @@ def test_plan_checks_the_recurrent_size_limit(keys, monkeypatch):
             snnkern.explain(rec_model(keys, n=24), (5,))
         small = [s for s in snnkern.explain(rec_model(keys, n=8), (5,)).steps if s.path is Path.RECURRENT_LOOP][0]
         assert small.impl is Impl.PALLAS_INTERPRET and small.reason is None and small.spec.tiling is not None
+        assert small.spec.resident_w and "W_rec on chip: 16 x 16 x 4 B <= 64 KiB" in str(small)
+    monkeypatch.setattr(PR, "MAX_N", 1024)
+    with snnkern.backend("pallas-interpret"):
+        plan = snnkern.explain(rec_model(keys, n=256), (5,))
+    big = [s for s in plan.steps if s.path is Path.RECURRENT_LOOP][0]
+    assert big.impl is Impl.PALLAS_INTERPRET and not big.spec.resident_w and big.reason is None
+    assert "W_rec streamed per step in 64 x 64 tiles, state in global memory: 256 x 256 x 4 B > 64 KiB" in str(plan)
 
 
 def test_recurrent_spec_routing(keys, monkeypatch):
@@ -470,10 +540,9 @@ def test_lowering_forward_and_backward(kind, platform):
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
 def test_lowering_large_w_read_per_step_and_time_chunks(platform, monkeypatch):
-    # 300 neurons: GPU n_pad 512 (W^T 1 MiB, read per step), TPU 384 (resident); T = 200 in TPU
-    # chunks of 64 (masked); 40 samples in several batch tiles; float32, no outputs, last current only.
-    # On GPU this lowers but does not compile (shared memory), so the GPU size limit is lifted here
-    monkeypatch.setattr(PR, "GPU_MAX_N", 512)
+    # 300 neurons: GPU n_pad 512 (W^T 1 MiB, streamed in 64 x 64 tiles), TPU 384 (resident); T = 200 in
+    # TPU chunks of 64 (masked); 40 samples in several batch tiles; float32, no outputs, last current only
+    del monkeypatch
     text = lower("LIF", platform, n=300, T=200, B=40, ff_dtype=jnp.float32, want_out=False, want_cur=False)
     assert text.count(CUSTOM_CALL[platform]) == 2
 

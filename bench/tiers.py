@@ -33,9 +33,10 @@ class Tier:
 
 TIERS: Dict[str, Tier] = {t.name: t for t in [
     Tier("cpu-small", "cpu", "ff", (100,), 8, (128,), "smoke, in `make bench-quick`"),
-    Tier("cpu", "cpu", "ff", (500,), 16, (256,), "headline CPU ratios"),
-    Tier("cpu-long", "cpu", "ff", (50, 200, 1000), 16, (128,), "cost growth with T"),
-    Tier("cpu-rec", "cpu", "rec", (500,), 16, (128,), "recurrent"),
+    # plan-xla-ckpt where T >= 500: that is the default plan on CPU there (time checkpointing "auto")
+    Tier("cpu", "cpu", "ff", (500,), 16, (256,), "headline CPU ratios", extra_paths=("plan-xla-ckpt",)),
+    Tier("cpu-long", "cpu", "ff", (50, 200, 1000), 16, (128,), "cost growth with T", extra_paths=("plan-xla-ckpt",)),
+    Tier("cpu-rec", "cpu", "rec", (500,), 16, (128,), "recurrent", extra_paths=("plan-xla-ckpt",)),
     Tier("cpu-recmlp", "cpu", "recmlp", (100,), 16, (256,), "snnax's recurrent MLP (LayerNorm inside the recurrence)",
          n_in=512),
     Tier("cpu-conv", "cpu", "conv", (80,), 4, (64,), "snnax's tutorial conv net: a training step", calib_T=80,

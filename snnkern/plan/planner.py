@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from snnkern.kernels import dispatch
 
+from .component_loop import component_loop_unsupported
 from .graph import components
 from .protocol import (call_layer, is_compound, is_neuron, is_stateful, keep_dtypes, layer_output, merge_inputs,
                        takes_input_list)
@@ -184,8 +185,16 @@ class _Planner:
             if why is None:
                 return self.recurrent_component(i)
         names = ", ".join(_name(i, layers[i]) for i in ids)
-        reason = dispatch.fallback(names, "scan", why)
-        return Component(tuple(ids), True, Kind.CYCLE, (Step(names, Path.COMPONENT_SCAN, tuple(ids), reason=reason),))
+        outs = [jax.eval_shape(lambda s, v, lay=layers[i]: call_layer(lay, s, v, _KEY)[1], self.states[i],
+                               self.merged_input(i)) for i in ids]
+        unsupported = component_loop_unsupported([_name(i, layers[i]) for i in ids], [self.states[i] for i in ids],
+                                                 outs)
+        if unsupported is not None:
+            reason = dispatch.fallback(names, "scan", f"{why}; {unsupported}")
+            return Component(tuple(ids), True, Kind.CYCLE,
+                             (Step(names, Path.COMPONENT_SCAN, tuple(ids), reason=reason),))
+        reason = dispatch.fallback(names, "component loop", f"{why} (no fused kernel)")
+        return Component(tuple(ids), True, Kind.CYCLE, (Step(names, Path.COMPONENT_LOOP, tuple(ids), reason=reason),))
 
     def recurrent_component(self, i) -> Component:
         layer = self.layers[i]

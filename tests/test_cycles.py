@@ -180,3 +180,31 @@ def test_component_loop_stores_less_than_autodiff():
     mem = [jax.jit(jax.grad(f)).lower(dyn, x).compile().memory_analysis().temp_size_in_bytes
            for f in (loss_loop, loss_scan)]
     assert mem[0] < mem[1], mem
+
+
+@pytest.mark.parametrize("inference", [False, True])
+@pytest.mark.parametrize("backend", ["xla", "pallas-interpret"])
+def test_dropout_in_a_recurrent_chain(inference, backend):
+    """Dropout among the per-step layers of a recurrent chain draws the same mask at every step (the
+    compound's key, split like the reference's): training and inference mode equal the reference."""
+    k = jax.random.split(jax.random.PRNGKey(2), 4)
+    par = snn.Parallel([scale_linear(eqx.nn.Linear(N_IN, 16, key=k[0]), 2.0),
+                        eqx.nn.Linear(16, 16, use_bias=False, key=k[1])])
+    chain = snn.CompoundLayer(par, eqx.nn.Dropout(0.3, inference=inference), snn.LIF([0.9, 0.8], threshold=0.1))
+    model = snn.SequentialLocalFeedback(chain, eqx.nn.Linear(16, 3, key=k[2]), feedback_layers=None)
+    with snnkern.backend(backend):
+        plan = snnkern.explain(model, (N_IN,))
+    (loop,) = [s for s in plan.steps if s.path is Path.RECURRENT_LOOP]
+    assert "Dropout" in loop.where, str(plan)
+    if backend == "pallas-interpret":
+        # inference mode is the identity: the kernel takes it; a training mask is a per-neuron array
+        assert loop.impl.value == ("pallas-interpret" if inference else "xla"), str(plan)
+    _compare(model, data((3, 20, N_IN), seed=3, lo=0.0, hi=1.5), k[3], batched=True, backend=backend)
+    if not inference:
+        # the mask really drops: a chain without the Dropout gives other outputs
+        plain = snn.SequentialLocalFeedback(snn.CompoundLayer(par, snn.LIF([0.9, 0.8], threshold=0.1)),
+                                            eqx.nn.Linear(16, 3, key=k[2]), feedback_layers=None)
+        x = data((20, N_IN), seed=3, lo=0.0, hi=1.5)
+        a = model(model.init_state((N_IN,), k[3]), x, k[3])[1]
+        b = plain(plain.init_state((N_IN,), k[3]), x, k[3])[1]
+        assert not np.allclose(np.asarray(a[0]), np.asarray(b[0]), atol=1e-3)

@@ -140,7 +140,7 @@ class _Run:
             o = stateless_seq(b, seq, k)
             ff = o if ff is None else ff + o
         rec = par.layers[-1]
-        step, params = chain_step(layer)
+        step, params = chain_step(layer, self.keys[i])
         sT, out, cur, reads = dispatch.run_recurrent_loop(spec, step, params, list(self.states[i][-1]),
                                                           float_input(ff), rec.weight, rec.bias)
         # the compound reads as its neuron: reads = the shifted neuron output (state[-1] entering each

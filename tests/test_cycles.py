@@ -80,6 +80,17 @@ MODELS = {
 }
 
 
+def _delay3(k):
+    """Linear(2) -> Linear(3) -> LIF(4) -> back to Linear(2): a cycle of length 3 through one neuron."""
+    ks = jax.random.split(k, 2)
+    layers = _chain(k)[:3] + [scale_linear(eqx.nn.Linear(N, N, key=ks[0]), gain=2.0, shift=0.1),
+                              snn.LIF([0.9, 0.8], threshold=0.1), eqx.nn.Linear(N, 3, key=ks[1])]
+    return snn.SequentialLocalFeedback(layers, feedback_layers={4: 2})
+
+
+MODELS["delay-3"] = _delay3
+
+
 def _random_feedback(seed):
     """Two random back edges source -> target (target <= source) among the layers 1..3 of the chain."""
     rng = np.random.default_rng(seed)
@@ -208,3 +219,17 @@ def test_dropout_in_a_recurrent_chain(inference, backend):
         a = model(model.init_state((N_IN,), k[3]), x, k[3])[1]
         b = plain(plain.init_state((N_IN,), k[3]), x, k[3])[1]
         assert not np.allclose(np.asarray(a[0]), np.asarray(b[0]), atol=1e-3)
+
+
+@pytest.mark.parametrize("name,delay", [("self-1", 1), ("cross-2-3", 2), ("delay-3", 3)])
+def test_single_neuron_cycles_are_delayed_recurrences(name, delay):
+    """A cycle of stateless layers through one neuron is planned with no fallback (strict mode does
+    not raise), and explain() names its delay."""
+    key = jax.random.PRNGKey(3)
+    model = MODELS[name](key)
+    with snnkern.strict():
+        plan = snnkern.explain(model, (N_IN,))
+        (step,) = _cycle_steps(plan)
+        assert step.path is Path.COMPONENT_LOOP and step.reason is None and not plan.fallbacks, str(plan)
+        assert f"a recurrence through one neuron, delay {delay}" in step.where
+        _compare(model, data((3, 24, N_IN), seed=1, lo=0.0, hi=1.5), key, batched=True)

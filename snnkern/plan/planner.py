@@ -213,8 +213,25 @@ class _Planner:
             reason = dispatch.fallback(names, "scan", f"{why}; {unsupported}")
             return Component(tuple(ids), True, Kind.CYCLE,
                              (Step(names, Path.COMPONENT_SCAN, tuple(ids), reason=reason),))
+        delay = self.delay_through_one_neuron(ids)
+        if delay is not None:
+            # a recurrence of the neuron with a delay: the component loop is its path (no fallback)
+            where = f"{names}: a recurrence through one neuron, delay {delay}"
+            return Component(tuple(ids), True, Kind.CYCLE, (Step(where, Path.COMPONENT_LOOP, tuple(ids)),))
         reason = dispatch.fallback(names, "component loop", f"{why} (no fused kernel)")
         return Component(tuple(ids), True, Kind.CYCLE, (Step(names, Path.COMPONENT_LOOP, tuple(ids), reason=reason),))
+
+    def delay_through_one_neuron(self, ids) -> Optional[int]:
+        """The delay d (the cycle's length) if the component is one cycle of stateless layers
+        through a single neuron (``{3: 2}``: Linear(2) <- LIF(3), d = 2; ``{1: 1}``: d = 1), else None."""
+        inside = set(ids)
+        layers = [self.layers[i] for i in ids]
+        neurons = [lay for lay in layers if is_neuron(lay) and not is_compound(lay)]
+        if len(neurons) != 1 or sum(is_stateful(lay) for lay in layers) != 1:
+            return None
+        if any(sum(j in inside for j in self.struct.input_connectivity[i]) != 1 for i in ids):
+            return None
+        return len(ids)
 
     def recurrent_component(self, i) -> Component:
         layer = self.layers[i]

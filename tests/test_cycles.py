@@ -98,7 +98,7 @@ def _random_feedback(seed):
     return {int(s): int(rng.integers(1, s + 1)) for s in srcs}
 
 
-for _seed in range(3):
+for _seed in range(2):
     MODELS[f"random-{_seed}"] = (lambda fb: lambda k: snn.SequentialLocalFeedback(_chain(k), feedback_layers=fb))(
         _random_feedback(_seed))
 
@@ -130,7 +130,7 @@ def test_cycle_matches_reference_batched(name):
     _compare(model, data((3, 24, N_IN), seed=1, lo=0.0, hi=1.5), key, batched=True)
 
 
-@pytest.mark.parametrize("name", ["cross-2-3", "self-1", "custom-stateful", "linear-non-diag"])
+@pytest.mark.parametrize("name", ["self-1", "custom-stateful", "linear-non-diag"])
 def test_cycle_matches_reference_one_sample(name):
     key = jax.random.PRNGKey(5)
     _compare(MODELS[name](key), data((30, N_IN), seed=2, lo=0.0, hi=1.5), key, batched=False)

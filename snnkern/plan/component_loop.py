@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from snnkern.kernels.component_loop import component_loop
 
-from .protocol import call_layer, is_compound, is_neuron, keep_dtypes, layer_output, merge_inputs
+from .protocol import call_layer, is_compound, is_neuron, is_stateful, keep_dtypes, layer_output, merge_inputs
 
 __all__ = ["component_seq", "component_loop_unsupported", "binary_entries"]
 
@@ -71,6 +71,10 @@ def component_seq(ids: Sequence[int], layers: list, states: list, outside: List[
         xs.append(seqs)
     dyn, static = eqx.partition(list(layers), eqx.is_inexact_array)
     binary = [binary_entries(layer, st) for layer, st in zip(layers, states)]
+    # a stateless layer fed only by stateful layers of the component (and outside inputs): its
+    # state (its previous output) is recomputed in the backward pass instead of being stored
+    derived = [not is_stateful(layer) and all(is_stateful(layers[n]) for src, n in wires if src == "c")
+               for layer, wires in zip(layers, wiring)]
 
     def step(d, s, xt):
         mods = eqx.combine(d, static)
@@ -85,5 +89,5 @@ def component_seq(ids: Sequence[int], layers: list, states: list, outside: List[
             reads.append(layer_output(layer, s[k]) if want_read[k] else None)
         return new, (outs, reads)
 
-    finals, (outs, reads) = component_loop(step, dyn, list(states), xs, binary)
+    finals, (outs, reads) = component_loop(step, dyn, list(states), xs, binary, derived)
     return finals, outs, reads

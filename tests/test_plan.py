@@ -53,11 +53,12 @@ def recurrent_model():
 
 
 def cycle_model():
-    """Linear -> LIF -> Linear -> LIF with the feedback edge 3 -> 2: a 2-layer cycle {2, 3}."""
+    """Linear -> LIF -> Linear -> LIF with the feedback edge 3 -> 1: a cycle {1, 2, 3} through two
+    neurons (a component loop with a fallback reason; a cycle through one neuron has none)."""
     k = _k(seed=2)
     return snn.SequentialLocalFeedback([_lin(3, 4, k[0]), snn.LIF([0.8, 0.7], threshold=0.5),
                                         _lin(4, 4, k[1], shift=0.6), snn.LIF([0.8, 0.7], threshold=0.5)],
-                                       feedback_layers={3: 2})
+                                       feedback_layers={3: 1})
 
 
 def my_forward_fn(layers, struct, key, states, data):
@@ -183,10 +184,10 @@ def test_explain_recurrent_compound():
     assert all(s.reason is None for s in rec.steps)
 
 
-def test_explain_two_layer_cycle():
+def test_explain_multi_neuron_cycle():
     plan = snnkern.explain(cycle_model(), (3,))
     assert plan.path == "planned"
-    assert [c.layers for c in plan.components] == [(0,), (1,), (2, 3)]
+    assert [c.layers for c in plan.components] == [(0,), (1, 2, 3)]
     cyc = plan.components[-1]
     assert cyc.kind == "cycle" and cyc.cyclic
     assert cyc.steps and all(isinstance(s.reason, str) and s.reason.strip() for s in cyc.steps)
@@ -196,14 +197,14 @@ def test_explain_two_layer_cycle():
 
 def test_explain_unrecognised_recurrent_compound_is_a_cycle_with_reason():
     k = _k()
-    # a Dropout inside the recurrence is not (yet) one of the fused per-step layers (LayerNorm,
-    # Identity, Lambda: tests/test_recurrent_chains.py)
+    # a Linear inside the recurrence is not one of the fused per-step layers (LayerNorm, Identity,
+    # Lambda, Dropout: tests/test_recurrent_chains.py, tests/test_cycles.py)
     comp = snn.CompoundLayer(snn.Parallel([eqx.nn.Linear(3, 4, key=k[0]), eqx.nn.Linear(4, 4, key=k[1])]),
-                             eqx.nn.Dropout(0.1), snn.LIF([0.8, 0.7]))
+                             eqx.nn.Linear(4, 4, key=k[2]), snn.LIF([0.8, 0.7]))
     plan = snnkern.explain(snn.SequentialLocalFeedback([comp], feedback_layers=None), (3,))
     (c,) = plan.components
     assert c.kind == "cycle" and c.cyclic
-    assert "CompoundLayer([Parallel, Dropout, LIF])" in c.steps[0].reason
+    assert "CompoundLayer([Parallel, Linear, LIF])" in c.steps[0].reason
 
 
 def test_explain_self_loop_on_a_neuron_is_a_cycle():
@@ -211,7 +212,9 @@ def test_explain_self_loop_on_a_neuron_is_a_cycle():
     model = snn.SequentialLocalFeedback([eqx.nn.Linear(3, 4, key=k[0]), snn.LIF([0.8, 0.7])], feedback_layers={1: 1})
     plan = snnkern.explain(model, (3,))
     assert [(c.layers, c.cyclic, c.kind) for c in plan.components] == [((0,), False, "stateless"), ((1,), True, "cycle")]
-    assert plan.components[1].steps[0].reason
+    # a recurrence of the neuron with delay 1: the component loop, no fallback (tests/test_cycles.py)
+    step = plan.components[1].steps[0]
+    assert step.path is Path.COMPONENT_LOOP and step.reason is None and "delay 1" in step.where
 
 
 @pytest.mark.parametrize("build, word", [(custom_forward_model, "forward_fn"), (custom_loop_model, "loop_fn")])

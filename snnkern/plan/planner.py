@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from snnkern.kernels import dispatch
 
+from .component_loop import component_loop_unsupported
 from .graph import components
 from .protocol import (call_layer, is_compound, is_neuron, is_stateful, keep_dtypes, layer_output, merge_inputs,
                        takes_input_list)
@@ -59,13 +60,13 @@ def neuron_step(layer):
     return step
 
 
-PER_STEP_LAYERS = (eqx.nn.LayerNorm, eqx.nn.Identity, eqx.nn.Lambda)
+PER_STEP_LAYERS = (eqx.nn.LayerNorm, eqx.nn.Identity, eqx.nn.Lambda, eqx.nn.Dropout)
 
 
 def recurrent_pattern(layer, n_inputs: int, self_pos: int) -> Optional[str]:
     """None if ``layer`` (with a self-edge arriving as input ``self_pos`` of ``n_inputs``) is a
     recognised recurrent chain ``CompoundLayer([Parallel([..., Linear_rec]), per-step layers...,
-    neuron])`` (per-step layers: LayerNorm, Identity, Lambda), else why not."""
+    neuron])`` (per-step layers: LayerNorm, Identity, Lambda, Dropout), else why not."""
     if not is_compound(layer):
         return f"a {type(layer).__name__} in a cycle is not a recognised recurrent chain"
     subs = layer.layers
@@ -74,7 +75,7 @@ def recurrent_pattern(layer, n_inputs: int, self_pos: int) -> Optional[str]:
             or not all(type(m) in PER_STEP_LAYERS for m in mids)):
         kinds = ", ".join(type(s).__name__ for s in subs)
         return (f"CompoundLayer([{kinds}]) is not CompoundLayer([Parallel([...]), per-step layers "
-                f"(LayerNorm, Identity, Lambda)..., neuron]); it runs as a per-step loop")
+                f"(LayerNorm, Identity, Lambda, Dropout)..., neuron]); it runs as a per-step loop")
     branches = subs[0].layers
     if any(is_stateful(b) for b in branches):
         return "a Parallel branch is stateful"
@@ -97,23 +98,43 @@ def _per_row(module, h):
     return jax.vmap(module)(h.reshape(-1, h.shape[-1])).reshape(h.shape)
 
 
-def chain_step(layer):
+def _dropout_active(m) -> bool:
+    """A Dropout that drops (training mode, p > 0): it needs its key."""
+    return isinstance(m, eqx.nn.Dropout) and not m.inference and not (isinstance(m.p, (int, float)) and m.p == 0)
+
+
+def chain_step(layer, key=None):
     """``(step, params)`` of a recurrent chain's loop: the per-step layers between the Parallel
     and the neuron applied to the current ``I_t``, then the neuron's step. ``params`` holds the
-    neuron's parameters and the per-step layers' arrays (LayerNorm's weight and bias)."""
+    neuron's parameters and the per-step layers' arrays (LayerNorm's weight and bias; a Dropout in
+    training mode: its mask, drawn once from the compound's key like the reference does at every
+    step - docs/semantics.md "Keys" - so the same mask every step). ``key``: the compound's key
+    (None when planning: only the mask's shape matters then)."""
     neuron, mids = layer.layers[-1], list(layer.layers[1:-1])
     nstep = neuron_step(neuron)
     if not mids:
         return nstep, neuron.params()
     skeletons = [eqx.filter(m, eqx.is_array, inverse=True) for m in mids]
+    sub_keys = jax.random.split(_KEY if key is None else key, len(layer.layers))[1:-1]
+    width = layer.layers[0].layers[-1].out_features
+
+    def arrays_of(m, k):
+        if _dropout_active(m):
+            # eqx.nn.Dropout's own draw for an (n,) input
+            return {"mask": jax.random.bernoulli(k, 1.0 - jax.lax.stop_gradient(m.p), (width,)).astype(jnp.float32)}
+        return eqx.filter(m, eqx.is_array)
 
     def step(p, s, x):
         h = x
         for arrays, skeleton in zip(p["per_step"], skeletons):
-            h = _per_row(eqx.combine(arrays, skeleton), h)
+            if _dropout_active(skeleton):
+                q = 1 - jax.lax.stop_gradient(skeleton.p)
+                h = jnp.where(arrays["mask"] > 0, h / q, 0)
+            else:
+                h = _per_row(eqx.combine(arrays, skeleton), h)
         return nstep(p["neuron"], s, h)
 
-    return step, {"neuron": neuron.params(), "per_step": [eqx.filter(m, eqx.is_array) for m in mids]}
+    return step, {"neuron": neuron.params(), "per_step": [arrays_of(m, k) for m, k in zip(mids, sub_keys)]}
 
 
 class _Planner:
@@ -184,8 +205,33 @@ class _Planner:
             if why is None:
                 return self.recurrent_component(i)
         names = ", ".join(_name(i, layers[i]) for i in ids)
-        reason = dispatch.fallback(names, "scan", why)
-        return Component(tuple(ids), True, Kind.CYCLE, (Step(names, Path.COMPONENT_SCAN, tuple(ids), reason=reason),))
+        outs = [jax.eval_shape(lambda s, v, lay=layers[i]: call_layer(lay, s, v, _KEY)[1], self.states[i],
+                               self.merged_input(i)) for i in ids]
+        unsupported = component_loop_unsupported([_name(i, layers[i]) for i in ids], [self.states[i] for i in ids],
+                                                 outs)
+        if unsupported is not None:
+            reason = dispatch.fallback(names, "scan", f"{why}; {unsupported}")
+            return Component(tuple(ids), True, Kind.CYCLE,
+                             (Step(names, Path.COMPONENT_SCAN, tuple(ids), reason=reason),))
+        delay = self.delay_through_one_neuron(ids)
+        if delay is not None:
+            # a recurrence of the neuron with a delay: the component loop is its path (no fallback)
+            where = f"{names}: a recurrence through one neuron, delay {delay}"
+            return Component(tuple(ids), True, Kind.CYCLE, (Step(where, Path.COMPONENT_LOOP, tuple(ids)),))
+        reason = dispatch.fallback(names, "component loop", f"{why} (no fused kernel)")
+        return Component(tuple(ids), True, Kind.CYCLE, (Step(names, Path.COMPONENT_LOOP, tuple(ids), reason=reason),))
+
+    def delay_through_one_neuron(self, ids) -> Optional[int]:
+        """The delay d (the cycle's length) if the component is one cycle of stateless layers
+        through a single neuron (``{3: 2}``: Linear(2) <- LIF(3), d = 2; ``{1: 1}``: d = 1), else None."""
+        inside = set(ids)
+        layers = [self.layers[i] for i in ids]
+        neurons = [lay for lay in layers if is_neuron(lay) and not is_compound(lay)]
+        if len(neurons) != 1 or sum(is_stateful(lay) for lay in layers) != 1:
+            return None
+        if any(sum(j in inside for j in self.struct.input_connectivity[i]) != 1 for i in ids):
+            return None
+        return len(ids)
 
     def recurrent_component(self, i) -> Component:
         layer = self.layers[i]

@@ -19,7 +19,8 @@ from snnkern.kernels import dispatch
 from .planner import chain_step, float_input, neuron_step
 from .protocol import (call_layer, is_compound, is_neuron, is_stateful, keep_dtypes, layer_output, merge_inputs,
                        read_from_out)
-from .types import Component, Kind, Plan
+from .component_loop import component_seq
+from .types import Component, Kind, Path, Plan
 
 __all__ = ["run_plan", "stateless_seq"]
 
@@ -139,7 +140,7 @@ class _Run:
             o = stateless_seq(b, seq, k)
             ff = o if ff is None else ff + o
         rec = par.layers[-1]
-        step, params = chain_step(layer)
+        step, params = chain_step(layer, self.keys[i])
         sT, out, cur, reads = dispatch.run_recurrent_loop(spec, step, params, list(self.states[i][-1]),
                                                           float_input(ff), rec.weight, rec.bias)
         # the compound reads as its neuron: reads = the shifted neuron output (state[-1] entering each
@@ -154,25 +155,36 @@ class _Run:
         self.outs[i] = [cur, *mid_outs, out] if spec.want_out else None
 
     def cycle(self, comp: Component):
+        """A strongly connected component: one loop of every layer in it, each reading the others'
+        outputs of the previous step from the carry and its outside inputs (external inputs,
+        shifted outside sources: whole sequences) at the current step."""
         ids, struct, layers = comp.layers, self.struct, self.layers
         outside = {i: self.inputs_from_outside(i, ids) for i in ids}
         pos = {i: k for k, i in enumerate(ids)}
+        if comp.steps[0].path is not Path.COMPONENT_LOOP:
+            def inputs_of(xt, carry):
+                merged = []
+                for i in ids:
+                    it = iter(xt[i])
+                    vals = [next(it) for _ in struct.input_layer_ids[i]]
+                    for j in struct.input_connectivity[i]:
+                        v = next(it)
+                        vals.append(layer_output(layers[j], carry[pos[j]]) if v is None else v)
+                    merged.append(merge_inputs(layers[i], vals))
+                return merged
 
-        def inputs_of(xt, carry):
-            merged = []
-            for i in ids:
-                it = iter(xt[i])
-                vals = [next(it) for _ in struct.input_layer_ids[i]]
-                for j in struct.input_connectivity[i]:
-                    v = next(it)
-                    vals.append(layer_output(layers[j], carry[pos[j]]) if v is None else v)
-                merged.append(merge_inputs(layers[i], vals))
-            return merged
-
-        f, o, r = _generic_scan([layers[i] for i in ids], [self.states[i] for i in ids], inputs_of, outside,
-                                [self.keys[i] for i in ids])
+            f, o, r = _generic_scan([layers[i] for i in ids], [self.states[i] for i in ids], inputs_of, outside,
+                                    [self.keys[i] for i in ids])
+            for k, i in enumerate(ids):
+                self.finals[i], self.outs[i], self.reads[i] = f[k], o[k], r[k]
+            return
+        f, o, r = component_seq(ids, [layers[i] for i in ids], [self.states[i] for i in ids],
+                                [[float_input(v) if v is not None else None for v in outside[i]] for i in ids],
+                                [self.keys[i] for i in ids], struct, set(struct.final_layer_ids))
         for k, i in enumerate(ids):
-            self.finals[i], self.outs[i], self.reads[i] = f[k], o[k], r[k]
+            self.finals[i], self.outs[i] = f[k], o[k]
+            if r[k] is not None:
+                self.shifted[i] = r[k]
 
 
 _RUN = {Kind.NEURON: _Run.neuron, Kind.STATELESS: _Run.layer, Kind.COMPOUND: _Run.layer, Kind.STATEFUL: _Run.layer,

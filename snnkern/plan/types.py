@@ -48,6 +48,7 @@ class Path(str, enum.Enum):
     RECURRENT_LOOP = "recurrent loop (custom VJP)"
     SCAN = "scan (autodiff)"
     COMPONENT_SCAN = "scan of the component (autodiff)"
+    COMPONENT_LOOP = "component loop (custom VJP)"
 
     @property
     def is_loop(self) -> bool:

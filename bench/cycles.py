@@ -1,0 +1,81 @@
+"""Feedback cycles on the planned path vs the reference: fwd+bwd time and compiled temp memory.
+
+``python -m bench.cycles [--T 500] [--B 16] [--N 128]``: the models
+``SequentialLocalFeedback([Linear, LIF, Linear, LIF, Linear], feedback_layers=...)`` for
+``{3: 2}``, ``{1: 1}``, ``{3: 1}``, vmapped over the batch like bench/models.py; the gradient of a
+sum of the outputs wrt every weight; min and median of 7 timed calls after a warm-up, the two paths'
+calls alternating.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import snnkern
+from snnkern import snn
+
+SHAPES = ({3: 2}, {1: 1}, {3: 1})
+
+
+def model(fb, N, key):
+    k = jax.random.split(key, 3)
+    layers = [eqx.nn.Linear(N, N, key=k[0]), snn.LIF([0.95, 0.9], threshold=0.1), eqx.nn.Linear(N, N, key=k[1]),
+              snn.LIF([0.95, 0.9], threshold=0.1), eqx.nn.Linear(N, 10, key=k[2])]
+    return snn.SequentialLocalFeedback(layers, feedback_layers=fb)
+
+
+def compiled(fb, backend, B, T, N):
+    """``(call, temp bytes)``: the compiled fwd+bwd of the model ``fb`` under ``backend``."""
+    key = jax.random.PRNGKey(0)
+    m = model(fb, N, key)
+    st = m.init_state((N,), key)
+    x = jnp.asarray(np.random.default_rng(0).random((B, T, N)) < 0.3, jnp.float32)
+    params, static = eqx.partition(m, eqx.is_inexact_array)
+
+    def loss(p, xx):
+        mm = eqx.combine(p, static)
+        _, outs = jax.vmap(lambda xb: mm(st, xb, key))(xx)
+        return sum(jnp.sum(o) for o in jax.tree.leaves(outs))
+
+    with snnkern.backend(backend):
+        c = jax.jit(jax.grad(loss)).lower(params, x).compile()
+    jax.block_until_ready(c(params, x))
+    return (lambda: jax.block_until_ready(c(params, x))), int(c.memory_analysis().temp_size_in_bytes)
+
+
+def measure(fb, backends, B, T, N, reps=7):
+    """Per backend ``(min s, median s, temp bytes)``; the backends' calls alternate (host load)."""
+    fns = {b: compiled(fb, b, B, T, N) for b in backends}
+    times = {b: [] for b in backends}
+    for _ in range(reps):
+        for b, (call, _) in fns.items():
+            t0 = time.perf_counter()
+            call()
+            times[b].append(time.perf_counter() - t0)
+    return {b: (min(times[b]), float(np.median(times[b])), fns[b][1]) for b in backends}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--B", type=int, default=16)
+    ap.add_argument("--T", type=int, default=500)
+    ap.add_argument("--N", type=int, default=128)
+    ap.add_argument("--backend", default="xla")
+    a = ap.parse_args()
+    print(f"platform {jax.default_backend()}, B={a.B} T={a.T} N={a.N}, fwd+bwd")
+    print(f"{'feedback':<10} {'ref ms min/med':>15} {a.backend + ' ms min/med':>15} {'ref temp MiB':>13} "
+          f"{a.backend + ' temp MiB':>14}")
+    for fb in SHAPES:
+        r = measure(fb, ("reference", a.backend), a.B, a.T, a.N)
+        (r0, r1, rm), (p0, p1, pm) = r["reference"], r[a.backend]
+        print(f"{str(fb):<10} {r0 * 1e3:7.1f}/{r1 * 1e3:7.1f} {p0 * 1e3:7.1f}/{p1 * 1e3:7.1f} {rm / 2**20:13.2f} "
+              f"{pm / 2**20:14.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Feedback cycles that no fused kernel recognises run as one loop of the component (custom VJP).
+
+Cross-layer cycles (``SequentialLocalFeedback(..., feedback_layers={3: 1})``), a neuron fed its own
+output, a custom stateful layer in a cycle, and a recurrent compound whose recurrent branch is a
+Linear subclass with its own ``__call__``: outputs, final states and gradients equal the reference
+path (tolerances of tests/helpers.py: outputs 1e-5 + 1e-5 rel, gradients 1e-5 + 1e-4 rel), vmapped
+over a batch and for one sample, with every spiking layer firing 2-98 % on the reference.
+"""
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import snnkern
+from snnkern import snn
+from snnkern.plan import Kind, Path
+from snnkern.plan.protocol import AbstractStatefulLayer
+
+from helpers import (GRAD_ATOL, GRAD_RTOL, OUT_ATOL, OUT_RTOL, assert_fires, assert_trees_close, data,
+                     run_path, scale_linear)
+
+N_IN, N = 6, 12
+
+
+def _chain(key, n_in=N_IN, n=N, thr=0.1):
+    """Linear -> LIF -> Linear -> LIF -> Linear (the measured models of bench/cycles.py, small)."""
+    k = jax.random.split(key, 3)
+    # the second Linear sees sparse spikes: a gain and a positive bias make its LIF fire too
+    return [eqx.nn.Linear(n_in, n, key=k[0]), snn.LIF([0.9, 0.8], threshold=thr),
+            scale_linear(eqx.nn.Linear(n, n, key=k[1]), gain=8.0, shift=0.15), snn.LIF([0.9, 0.8], threshold=thr),
+            eqx.nn.Linear(n, 3, key=k[2])]
+
+
+class Integrator(AbstractStatefulLayer):
+    """A custom stateful layer (not a neuron: no step function): v <- 0.8 v + tanh(x)."""
+
+    def init_state(self, shape, key=None, *args, **kwargs):
+        return [jnp.zeros(shape)]
+
+    def __call__(self, state, synaptic_input, *, key=None):
+        v = 0.8 * state[0] + jnp.tanh(synaptic_input)
+        return [v], v
+
+
+class Counter(AbstractStatefulLayer):
+    """A custom stateful layer with an integer state entry (the component loop cannot carry it)."""
+
+    def init_state(self, shape, key=None, *args, **kwargs):
+        return [jnp.zeros((), jnp.int32), jnp.zeros(shape)]
+
+    def __call__(self, state, synaptic_input, *, key=None):
+        return [state[0] + 1, synaptic_input], synaptic_input
+
+
+class LinearNonDiag(eqx.nn.Linear):
+    """snnax's LinearNonDiag: a Linear without self-connections (its own ``__call__``)."""
+
+    def __call__(self, x, *, key=None):
+        return (self.weight * (1.0 - jnp.eye(self.weight.shape[0]))) @ x + self.bias
+
+
+def _non_diag_model(key):
+    k = jax.random.split(key, 3)
+    rec = snn.CompoundLayer(snn.Parallel([eqx.nn.Linear(N_IN, N, key=k[0]), LinearNonDiag(N, N, key=k[1])]),
+                            snn.LIF([0.9, 0.8], threshold=0.1))
+    return snn.SequentialLocalFeedback(rec, eqx.nn.Linear(N, 3, key=k[2]), feedback_layers=None)
+
+
+MODELS = {
+    "cross-2-3": lambda k: snn.SequentialLocalFeedback(_chain(k), feedback_layers={3: 2}),
+    "self-1": lambda k: snn.SequentialLocalFeedback(_chain(k), feedback_layers={1: 1}),
+    "multi-1-3": lambda k: snn.SequentialLocalFeedback(_chain(k), feedback_layers={3: 1}),
+    "custom-stateful": lambda k: snn.SequentialLocalFeedback(
+        [*_chain(k)[:3], Integrator(), snn.LIF([0.9, 0.8], threshold=0.1), eqx.nn.Linear(N, 3, key=k)],
+        feedback_layers={4: 2}),
+    "linear-non-diag": _non_diag_model,
+}
+
+
+def _delay3(k):
+    """Linear(2) -> Linear(3) -> LIF(4) -> back to Linear(2): a cycle of length 3 through one neuron."""
+    ks = jax.random.split(k, 2)
+    layers = _chain(k)[:3] + [scale_linear(eqx.nn.Linear(N, N, key=ks[0]), gain=2.0, shift=0.1),
+                              snn.LIF([0.9, 0.8], threshold=0.1), eqx.nn.Linear(N, 3, key=ks[1])]
+    return snn.SequentialLocalFeedback(layers, feedback_layers={4: 2})
+
+
+MODELS["delay-3"] = _delay3
+
+
+def _random_feedback(seed):
+    """Two random back edges source -> target (target <= source) among the layers 1..3 of the chain."""
+    rng = np.random.default_rng(seed)
+    srcs = rng.choice([1, 2, 3], size=2, replace=False)
+    return {int(s): int(rng.integers(1, s + 1)) for s in srcs}
+
+
+for _seed in range(2):
+    MODELS[f"random-{_seed}"] = (lambda fb: lambda k: snn.SequentialLocalFeedback(_chain(k), feedback_layers=fb))(
+        _random_feedback(_seed))
+
+
+def _compare(model, x, key, batched, backend="xla"):
+    st = model.init_state(x.shape[-1:], key)
+    assert_fires(model, st, x, key, batched=batched)
+    ref = run_path("reference", model, st, x, key, batched=batched)
+    got = run_path(backend, model, st, x, key, batched=batched)
+    assert_trees_close(got[1], ref[1], OUT_ATOL, OUT_RTOL, "outputs")
+    assert_trees_close(got[0], ref[0], OUT_ATOL, OUT_RTOL, "final states")
+    # relative to each leaf's largest entry: through a feedback loop some gradients grow to ~1e12 and
+    # their small entries are rounding of sums taken in another order
+    assert_trees_close(got[2], ref[2], GRAD_ATOL, GRAD_RTOL, "gradients", rel_to="leaf")
+
+
+def _cycle_steps(plan):
+    return [s for c in plan.components if c.kind is Kind.CYCLE for s in c.steps]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_cycle_matches_reference_batched(name):
+    key = jax.random.PRNGKey(3)
+    model = MODELS[name](key)
+    plan = snnkern.explain(model, (N_IN,))
+    cyc = _cycle_steps(plan)
+    assert cyc and all(s.path is Path.COMPONENT_LOOP for s in cyc), str(plan)
+    assert not [s for s in plan.steps if s.path in (Path.SCAN, Path.COMPONENT_SCAN)], str(plan)
+    _compare(model, data((3, 24, N_IN), seed=1, lo=0.0, hi=1.5), key, batched=True)
+
+
+@pytest.mark.parametrize("name", ["self-1", "custom-stateful", "linear-non-diag"])
+def test_cycle_matches_reference_one_sample(name):
+    key = jax.random.PRNGKey(5)
+    _compare(MODELS[name](key), data((30, N_IN), seed=2, lo=0.0, hi=1.5), key, batched=False)
+
+
+def test_cycle_under_pallas_interpret():
+    # the neurons outside the cycle take the interpreted kernel; the cycle its XLA component loop
+    key = jax.random.PRNGKey(3)
+    model = MODELS["cross-2-3"](key)
+    with snnkern.backend("pallas-interpret"):
+        plan = snnkern.explain(model, (N_IN,))
+    assert [s.impl.value for s in plan.steps if s.path is Path.NEURON_LOOP] == ["pallas-interpret"], str(plan)
+    assert [s.path for s in _cycle_steps(plan)] == [Path.COMPONENT_LOOP]
+    _compare(model, data((2, 12, N_IN), seed=1, lo=0.0, hi=1.5), key, batched=True, backend="pallas-interpret")
+
+
+def test_explain_names_the_component_loop_and_why():
+    text = str(snnkern.explain(MODELS["multi-1-3"](jax.random.PRNGKey(0)), (N_IN,)))
+    assert "layer 1 (LIF), layer 2 (Linear), layer 3 (LIF) component loop (custom VJP)" in text, text
+    plan = snnkern.explain(MODELS["linear-non-diag"](jax.random.PRNGKey(0)), (N_IN,))
+    assert plan.components[0].kind is Kind.CYCLE and plan.components[0].steps[0].path is Path.COMPONENT_LOOP
+    assert "the recurrent branch is a LinearNonDiag, not a vector eqx.nn.Linear" in plan.fallbacks[0]
+    with snnkern.strict(), pytest.raises(snnkern.FallbackError, match="component loop"):
+        snnkern.explain(MODELS["multi-1-3"](jax.random.PRNGKey(0)), (N_IN,))
+
+
+def test_integer_state_in_a_cycle_keeps_the_autodiff_scan():
+    key = jax.random.PRNGKey(4)
+    layers = [*_chain(key)[:3], Counter(), snn.LIF([0.9, 0.8], threshold=0.1), eqx.nn.Linear(N, 3, key=key)]
+    model = snn.SequentialLocalFeedback(layers, feedback_layers={4: 2})
+    plan = snnkern.explain(model, (N_IN,))
+    (step,) = _cycle_steps(plan)
+    assert step.path is Path.COMPONENT_SCAN and "non-floating state entry (int32[])" in step.reason, str(plan)
+    _compare(model, data((2, 16, N_IN), seed=1, lo=0.0, hi=1.5), key, batched=True)
+
+
+def test_component_loop_stores_less_than_autodiff():
+    """The compiled fwd+bwd of the cycle {1: 1} over a long sequence needs less temp memory on the
+    component loop than as the autodiff scan of the component it replaced (bool spikes, no
+    per-step intermediates)."""
+    from snnkern.kernels.component_loop import component_loop
+    from snnkern.plan.component_loop import binary_entries
+
+    lif = snn.LIF([0.9, 0.8], threshold=0.1)
+    s0 = lif.init_state((64,))
+    dyn, static = eqx.partition(lif, eqx.is_inexact_array)
+
+    def step(d, s, x):
+        layer = eqx.combine(d, static)
+        ns, out = layer(s, x + s[-1])
+        return ns, out
+
+    def loss_loop(d, x):
+        return jnp.sum(component_loop(step, d, s0, x, binary_entries(lif, s0))[1])
+
+    def loss_scan(d, x):
+        return jnp.sum(jax.lax.scan(lambda s, xt: step(d, s, xt), s0, x)[1])
+
+    x = jnp.ones((2000, 64))
+    mem = [jax.jit(jax.grad(f)).lower(dyn, x).compile().memory_analysis().temp_size_in_bytes
+           for f in (loss_loop, loss_scan)]
+    assert mem[0] < mem[1], mem
+
+
+@pytest.mark.parametrize("inference", [False, True])
+@pytest.mark.parametrize("backend", ["xla", "pallas-interpret"])
+def test_dropout_in_a_recurrent_chain(inference, backend):
+    """Dropout among the per-step layers of a recurrent chain draws the same mask at every step (the
+    compound's key, split like the reference's): training and inference mode equal the reference."""
+    k = jax.random.split(jax.random.PRNGKey(2), 4)
+    par = snn.Parallel([scale_linear(eqx.nn.Linear(N_IN, 16, key=k[0]), 2.0),
+                        eqx.nn.Linear(16, 16, use_bias=False, key=k[1])])
+    chain = snn.CompoundLayer(par, eqx.nn.Dropout(0.3, inference=inference), snn.LIF([0.9, 0.8], threshold=0.1))
+    model = snn.SequentialLocalFeedback(chain, eqx.nn.Linear(16, 3, key=k[2]), feedback_layers=None)
+    with snnkern.backend(backend):
+        plan = snnkern.explain(model, (N_IN,))
+    (loop,) = [s for s in plan.steps if s.path is Path.RECURRENT_LOOP]
+    assert "Dropout" in loop.where, str(plan)
+    if backend == "pallas-interpret":
+        # inference mode is the identity: the kernel takes it; a training mask is a per-neuron array
+        assert loop.impl.value == ("pallas-interpret" if inference else "xla"), str(plan)
+    _compare(model, data((3, 20, N_IN), seed=3, lo=0.0, hi=1.5), k[3], batched=True, backend=backend)
+    if not inference:
+        # the mask really drops: a chain without the Dropout gives other outputs
+        plain = snn.SequentialLocalFeedback(snn.CompoundLayer(par, snn.LIF([0.9, 0.8], threshold=0.1)),
+                                            eqx.nn.Linear(16, 3, key=k[2]), feedback_layers=None)
+        x = data((20, N_IN), seed=3, lo=0.0, hi=1.5)
+        a = model(model.init_state((N_IN,), k[3]), x, k[3])[1]
+        b = plain(plain.init_state((N_IN,), k[3]), x, k[3])[1]
+        assert not np.allclose(np.asarray(a[0]), np.asarray(b[0]), atol=1e-3)
+
+
+@pytest.mark.parametrize("name,delay", [("self-1", 1), ("cross-2-3", 2), ("delay-3", 3)])
+def test_single_neuron_cycles_are_delayed_recurrences(name, delay):
+    """A cycle of stateless layers through one neuron is planned with no fallback (strict mode does
+    not raise), and explain() names its delay."""
+    key = jax.random.PRNGKey(3)
+    model = MODELS[name](key)
+    with snnkern.strict():
+        plan = snnkern.explain(model, (N_IN,))
+        (step,) = _cycle_steps(plan)
+        assert step.path is Path.COMPONENT_LOOP and step.reason is None and not plan.fallbacks, str(plan)
+        assert f"a recurrence through one neuron, delay {delay}" in step.where
+        # a traced call raises on any fallback here (its equivalence: test_cycle_matches_reference_batched)
+        outs = eqx.filter_jit(model)(model.init_state((N_IN,), key), data((8, N_IN), seed=1), key)[1]
+    assert outs[0].shape == (8, 3)

@@ -104,8 +104,9 @@ def component_loop(step: Callable, dyn, state0: list, xs, binary, derived=None):
     ``binary`` ``state0``'s structure with a Python bool per leaf (True: the entry is exactly 0/1,
     stored as bool). ``derived``: a bool per entry of the list ``state0`` (True: not stored; the
     backward pass recomputes it by re-running the previous step, so the new value of a derived
-    entry must depend only on the entries that are not derived, and on ``x_t``). Every leaf of ``dyn``, ``state0``, ``xs`` and of the state and ``y`` that
-    ``step`` returns must be inexact (the planner checks). Gradients flow to ``dyn``, ``state0``
+    entry must depend only on the entries that are not derived, and on ``x_t``). Every leaf of
+    ``dyn``, ``state0``, ``xs`` and of the state and ``y`` that ``step`` returns must be inexact
+    (the planner checks). Gradients flow to ``dyn``, ``state0``
     and ``xs``; ``step`` may close over constants (keys, integer arrays)."""
     derived = [False] * len(state0) if derived is None else list(derived)
 

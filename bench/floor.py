@@ -39,8 +39,10 @@ class Part:
     """One part: a name and its two compiled timings, ``fwd`` and ``extra`` (the GEMM's backward, or
     the loop's forward+backward); ``fwdbwd_is_extra``: the loop's fwd+bwd already holds its forward."""
 
-    def __init__(self, name: str, fwd: Callable[[], object], extra: Callable[[], object], fwdbwd_is_extra: bool):
+    def __init__(self, name: str, fwd: Callable[[], object], extra: Callable[[], object], fwdbwd_is_extra: bool,
+                 fwd_bytes: int = 0):
         self.name, self.fwd, self.extra, self.fwdbwd_is_extra = name, fwd, extra, fwdbwd_is_extra
+        self.fwd_bytes = fwd_bytes     # a loop's forward: the bytes its sequences move (input read + output written)
 
 
 def _compiled(fn, *args) -> Callable[[], object]:
@@ -82,7 +84,7 @@ def _neuron(name: str, spec, layer, state0, cur) -> Tuple[Part, jax.Array]:
 
     vg = jax.value_and_grad(loss, argnums=(0, 1))
     out = jax.jit(fwd)(dyn, cur)
-    return Part(name, _compiled(fwd, dyn, cur), _compiled(vg, dyn, cur), True), out
+    return Part(name, _compiled(fwd, dyn, cur), _compiled(vg, dyn, cur), True, cur.nbytes + out.nbytes), out
 
 
 def _recurrent(name: str, spec, layer, state0, ff) -> Tuple[Part, jax.Array]:
@@ -168,6 +170,8 @@ def measure(spec, x, **timing_kw) -> Dict[str, object]:
         fb = e if p.fwdbwd_is_extra else f + e
         fwd_total += f
         fwdbwd_total += fb
-        text.append(f"{p.name} {f * 1e3:.3g}/{fb * 1e3:.3g}")
+        rate = f" ({p.fwd_bytes / f / 1e9:.2g} GB/s)" if p.fwd_bytes else ""
+        text.append(f"{p.name} {f * 1e3:.3g}/{fb * 1e3:.3g}{rate}")
     return {"floor_fwd_s": fwd_total, "floor_fwdbwd_s": fwdbwd_total,
-            "floor_parts": "; ".join(text) + " (ms fwd/fwd+bwd)"}
+            "floor_parts": "; ".join(text) + " (ms fwd/fwd+bwd; a neuron loop's forward GB/s: its input read + "
+                           "output written)"}

@@ -132,8 +132,12 @@ def test_floor_columns(tiny_run):
         assert 0 < f < fb, (r["tier"], f, fb)                     # fwd+bwd holds every forward part
         assert float(r["fwd_x_floor"]) == pytest.approx(float(r["fwd_median_s"]) * 1e3 / f, rel=1e-4)
         assert float(r["fwdbwd_x_floor"]) > 0
-        names = [p.split(" ")[0] for p in r["floor_parts"].split(" (ms")[0].split("; ")]
+        each = r["floor_parts"].split(" (ms")[0].split("; ")
+        names = [p.split(" ")[0] for p in each]
         assert names == parts[r["tier"]]
+        for p in each:      # every neuron loop reports its forward's GB/s, a positive number
+            if p.startswith("loop"):
+                assert float(p.split("(")[1].split(" GB/s")[0]) > 0, p
         # (T, B, N) = (20, 2, 16) float32: 2560 bytes per unit
         assert float(r["mem_TBN"]) == pytest.approx(int(r["mem_fwdbwd_bytes"]) / 2560, rel=1e-4)
     md = csv_path.with_suffix(".md").read_text()

@@ -19,19 +19,19 @@ import jax
 import jax.numpy as jnp
 from jax.custom_batching import custom_vmap
 
-from .neuron_loop import _scan_axis1
-from .recurrent import _vmap_is_innermost
+from .common import keep_entry, restore_entry, vmap_is_innermost
+from .neuron_loop import scan_axis1
 
 __all__ = ["component_loop"]
 
 
 def _compress(state, binary):
-    return jax.tree.map(lambda s, b: s.astype(jnp.bool_) if b else s, state, binary)
+    return jax.tree.map(lambda s, b: keep_entry(s) if b else s, state, binary)
 
 
 def _restore(kept, state0, t, binary):
     """A stored entering state back in its dtypes; at t = 0 the exact initial state."""
-    return jax.tree.map(lambda k, s0, b: jnp.where(t == 0, s0, k.astype(s0.dtype)) if b else k, kept, state0, binary)
+    return jax.tree.map(lambda k, s0, b: restore_entry(k, s0, t) if b else k, kept, state0, binary)
 
 
 def _batched_loop(step: Callable, binary, derived, dyn, state0, xs):
@@ -55,7 +55,7 @@ def _batched_loop(step: Callable, binary, derived, dyn, state0, xs):
             ns = jax.tree.map(lambda a, o: a.astype(o.dtype), ns, s)
             return ns, (y, keep(s) if store else None)
 
-        return _scan_axis1(body, s0, x, T)
+        return scan_axis1(body, s0, x, T)
 
     @jax.custom_vjp
     def loop(d, s0, x):
@@ -89,7 +89,7 @@ def _batched_loop(step: Callable, binary, derived, dyn, state0, xs):
             dd, ds, dx = vjp((g_s, gy))
             return (ds, jax.tree.map(jnp.add, g_d, dd)), dx
 
-        (g_s0, g_d), g_x = _scan_axis1(body, (g_sT, jax.tree.map(jnp.zeros_like, d)), (kept, x, g_ys), T,
+        (g_s0, g_d), g_x = scan_axis1(body, (g_sT, jax.tree.map(jnp.zeros_like, d)), (kept, x, g_ys), T,
                                        reverse=True)
         return g_d, g_s0, g_x
 
@@ -106,8 +106,8 @@ def component_loop(step: Callable, dyn, state0: list, xs, binary, derived=None):
     backward pass recomputes it by re-running the previous step, so the new value of a derived
     entry must depend only on the entries that are not derived, and on ``x_t``). Every leaf of
     ``dyn``, ``state0``, ``xs`` and of the state and ``y`` that ``step`` returns must be inexact
-    (the planner checks). Gradients flow to ``dyn``, ``state0``
-    and ``xs``; ``step`` may close over constants (keys, integer arrays)."""
+    (the planner checks). Gradients flow to ``dyn``, ``state0`` and ``xs``; ``step`` may close over
+    constants (keys, integer arrays)."""
     derived = [False] * len(state0) if derived is None else list(derived)
 
     def one(d, s0, x):
@@ -129,7 +129,7 @@ def component_loop(step: Callable, dyn, state0: list, xs, binary, derived=None):
             out = _batched_loop(step, binary, derived, d, jax.tree.map(full, s0, s0_b), jax.tree.map(full, x, x_b))
         return out, jax.tree.map(lambda _: True, out)
 
-    if not _vmap_is_innermost():
+    if not vmap_is_innermost():
         # no vmap, or vmap outside autodiff (per-example gradients): the one-sample custom VJP
         return one(dyn, state0, xs)
     return loop(dyn, state0, xs)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -148,14 +149,20 @@ def time_checkpoint(every="auto") -> Iterator[None]:
 CPU_DEFAULT_MIN_T = 500
 
 
+def _ckpt_setting() -> int:
+    """The checkpoint code asked for: the innermost :func:`time_checkpoint` block, else
+    ``SNNKERN_TIME_CHECKPOINT`` (read now), else unset (the platform default applies)."""
+    code = _ckpt_state.value
+    if code is not None and code != _CKPT_UNSET:
+        return code
+    env = os.environ.get("SNNKERN_TIME_CHECKPOINT", "").strip()
+    return _ckpt_code(env) if env else _CKPT_UNSET
+
+
 def checkpoint_asked() -> bool:
     """Whether time checkpointing was asked for (a :func:`time_checkpoint` block other than None,
     or ``SNNKERN_TIME_CHECKPOINT``), as opposed to the platform default."""
-    code = _ckpt_state.value
-    if code is None or code == _CKPT_UNSET:
-        env = os.environ.get("SNNKERN_TIME_CHECKPOINT", "").strip()
-        return bool(env) and _ckpt_code(env) != _CKPT_OFF
-    return code != _CKPT_OFF
+    return _ckpt_setting() not in (_CKPT_UNSET, _CKPT_OFF)
 
 
 def checkpoint_every(T: int, platform: str = "cpu") -> Tuple[Optional[int], Optional[str]]:
@@ -163,11 +170,7 @@ def checkpoint_every(T: int, platform: str = "cpu") -> Tuple[Optional[int], Opti
     is not checkpointed (off, or K >= T), with the note saying why / how. Unset (no
     :func:`time_checkpoint` block, no ``SNNKERN_TIME_CHECKPOINT``): ``auto`` on CPU for
     ``T >= CPU_DEFAULT_MIN_T``, off otherwise."""
-    code = _ckpt_state.value
-    if code is None or code == _CKPT_UNSET:
-        env = os.environ.get("SNNKERN_TIME_CHECKPOINT", "").strip()
-        code = _ckpt_code(env) if env else _CKPT_UNSET
-    how = "asked for"
+    code, how = _ckpt_setting(), "asked for"
     if code == _CKPT_UNSET:
         if platform.lower() != "cpu" or T < CPU_DEFAULT_MIN_T:
             return None, None
@@ -177,9 +180,10 @@ def checkpoint_every(T: int, platform: str = "cpu") -> Tuple[Optional[int], Opti
         how = "auto"
     if code == _CKPT_OFF:
         return None, None
-    K = auto_checkpoint_every(T) if code == _CKPT_AUTO else int(code)
     if code == _CKPT_AUTO:
-        how = "K = ceil(sqrt(T)), " + how
+        K, how = auto_checkpoint_every(T), "K = ceil(sqrt(T)), " + how
+    else:
+        K = int(code)
     if K >= T:
         return None, f"time checkpointing: K={K} ({how}) >= T={T}, not needed"
     n, r = divmod(T, K)
@@ -190,9 +194,7 @@ def checkpoint_every(T: int, platform: str = "cpu") -> Tuple[Optional[int], Opti
 
 def auto_checkpoint_every(T: int) -> int:
     """The K that minimises T/K + K (stored chunk states + one chunk's residuals): ceil(sqrt(T))."""
-    import math
-
-    return max(1, math.isqrt(max(T - 1, 0)) + 1) if T > 1 else 1
+    return math.isqrt(max(T, 1) - 1) + 1
 
 
 def current_backend() -> str:

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from .common import compress, current, params_broadcast, reduce_to, restore
 
-__all__ = ["neuron_loop", "recurrent_batched", "scan_loop", "Grads"]
+__all__ = ["neuron_loop", "recurrent_batched", "scan_loop", "scan_axis1", "Grads"]
 
 Step = Callable[[dict, list, jax.Array], Tuple[list, jax.Array]]
 
@@ -149,7 +149,7 @@ def neuron_loop(step: Step, params, state0: list, xs: jax.Array, spike_idx: Sequ
     return loop(dyn, list(state0), xs)
 
 
-def _scan_axis1(body, init, xs, length: int, reverse: bool = False):
+def scan_axis1(body, init, xs, length: int, reverse: bool = False):
     """``lax.scan`` over axis 1 of batch-major (B, T, ...) sequences: ``body(carry, t, xs[:, t])
     -> (carry, ys_t)``; returns ``(carry, ys)`` with ``ys`` stacked on axis 1. Step t is read with a
     dynamic slice and written in place into a carried buffer (what scan does on axis 0), so no
@@ -181,7 +181,7 @@ def recurrent_batched(step: Step, dyn, static, w, b, state0: list, ff: jax.Array
     stores the entering state without its last entry (spikes as bool; the last entry is ``reads``,
     a primal output) and ``I``; the backward is a reverse loop of each step's VJP plus the
     recurrent cotangent ``dI_t @ W``, then ``dW = sum_{b,t} dI_t r_{t-1}^T`` as one GEMM.
-    The loops read step t as ``[:, t]`` and write their sequences in place (:func:`_scan_axis1`),
+    The loops read step t as ``[:, t]`` and write their sequences in place (:func:`scan_axis1`),
     so the batch-major sequences vmap hands over are never transposed.
     """
     spike_idx = tuple(spike_idx)
@@ -201,7 +201,7 @@ def recurrent_batched(step: Step, dyn, static, w, b, state0: list, ff: jax.Array
             return ns, (out if want_out else None, i_t if keep or want_cur else None, s[-1],
                         compress(s[:-1], spike_idx) if keep else None)
 
-        return _scan_axis1(body, list(s0), x, T)
+        return scan_axis1(body, list(s0), x, T)
 
     @jax.custom_vjp
     def loop(d, w, b, s0, x):
@@ -228,7 +228,7 @@ def recurrent_batched(step: Step, dyn, static, w, b, state0: list, ff: jax.Array
             ds[-1] = ds[-1] + (di @ w).astype(ds[-1].dtype) + g_rd   # r_{t-1} fed I_t through w, and was read
             return (ds, jax.tree.map(jnp.add, g_d, dd)), di
 
-        (g_s0, g_d), g_i = _scan_axis1(body, (list(g_sT), grads.zeros(d)),
+        (g_s0, g_d), g_i = scan_axis1(body, (list(g_sT), grads.zeros(d)),
                                        (s_in, cur, reads, g_outs, g_cur, g_reads), T, reverse=True)
         g_w = jnp.einsum("btn,btm->nm", g_i, reads.astype(g_i.dtype)).astype(w.dtype)
         g_b = None if b is None else jnp.sum(g_i, axis=(0, 1)).astype(b.dtype)

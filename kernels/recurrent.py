@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.custom_batching import custom_vmap
 
-from .common import current
+from .common import current, vmap_is_innermost
 from .neuron_loop import Step, recurrent_batched
 
 __all__ = ["recurrent_loop"]
@@ -72,22 +72,8 @@ def recurrent_loop(step: Step, params, state0: list, ff: jax.Array, w_rec: jax.A
             out = (sT, outs, cur, reads)
         return out, jax.tree.map(lambda _: True, out)
 
-    if not _vmap_is_innermost():
+    if not vmap_is_innermost():
         # no vmap, or vmap outside an autodiff transform (per-example gradients): JAX cannot
         # linearize a custom_vmap function, and vmap of the one-sample custom VJP is right there
         return one(dyn, w_rec, b_rec, list(state0), ff)
     return loop(dyn, w_rec, b_rec, list(state0), ff)
-
-
-def _vmap_is_innermost() -> bool:
-    """Whether the innermost transformation being traced is ``vmap`` (so a custom batching rule
-    runs before any autodiff of it: ``grad(vmap(f))``, ``jit(vmap(f))``), not ``grad`` / ``jvp``
-    (``vmap(grad(f))``, or no vmap at all). Private JAX API, guarded: False when unknown."""
-    try:
-        from jax._src import core
-        from jax._src.interpreters import batching
-        return isinstance(core.trace_ctx.trace, batching.BatchTrace)
-    except Exception:  # noqa: BLE001 - moved internals: the always-correct per-sample path
-        return False
-
-

@@ -15,19 +15,11 @@ pytestmark = pytest.mark.gpu_compile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from bench import gpu_compile as G  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def h200():
-    why = G.device_unavailable("H200")
-    if why is not None:
-        install = os.environ.get("SNNKERN_GPU_COMPILE_INSTALL_ERROR")
-        pytest.skip(f"{why}; `make test-gpu-compile` could not install it: {install}" if install else why)
-    return G.compile_only_device("H200")
+from test_gpu_compile import h200  # noqa: E402,F401,F811  (the compile-only H200 fixture, skipped with the reason)
 
 
 @pytest.mark.parametrize("cid", ["model:ff:256:16", "model:rec:128:16"])
-def test_checkpointed_training_step_compiles_for_h200(cid, h200):
+def test_checkpointed_training_step_compiles_for_h200(cid, h200):  # noqa: F811
     import jax
 
     import snnkern

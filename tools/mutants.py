@@ -91,9 +91,10 @@ MUTANTS: List[Mutant] = [
            "XLA recurrent loop, backward: the recurrent cotangent dI_t @ W^T instead of dI_t @ W",
            ("test_feedback.py", "test_equivalence.py", "test_pallas_recurrent.py loops")),
     Mutant("restore-ignores-state0", "kernels/common.py",
-           "return [jnp.where(t == 0, s0, s.astype(s0.dtype)) if k in spike_idx else s",
-           "return [s.astype(s0.dtype) if k in spike_idx else s",
-           "XLA loops, backward: the exact initial spike state at t = 0 ignored (its bool copy used)",
+           "return jnp.where(t == 0, s0, kept.astype(s0.dtype))",
+           "return kept.astype(s0.dtype)",
+           "XLA loops (neuron, recurrent, component), backward: the exact initial spike state at t = 0 ignored "
+           "(its bool copy used)",
            ("test_model.py", "test_equivalence.py")),
     Mutant("pallas-padding-unmasked", "kernels/pallas_neuron.py",
            "valid = masked_step_valid(tl.T_pad > tl.T, c, tl.tc, j, tl.T)",

@@ -207,7 +207,6 @@ def _run_checkpointed(plan: Plan, model, states, xs, key, K: int, T: int):
     of it); a chunk's residuals exist only while its backward runs. A chunk continues exactly where
     the last one stopped: each layer's state holds what its consumers read next (its last output).
     Each chunk is sliced from the inputs inside the loop (no chunked copy of them)."""
-    chunk = jax.checkpoint(lambda st, xc: _run_whole(plan, model, st, xc, key))
     n, r = divmod(T, K)
 
     @jax.checkpoint     # the slice inside: a residual of the chunk would be a stacked copy of the inputs
@@ -216,8 +215,9 @@ def _run_checkpointed(plan: Plan, model, states, xs, key, K: int, T: int):
 
     st, outs = jax.lax.scan(body, states, jnp.arange(n))
     outs = jax.tree.map(lambda o: o.reshape((n * K,) + o.shape[2:]), outs)
-    if r:
-        st, last = chunk(st, [x[n * K:] for x in xs])
+    if r:   # the last, shorter chunk (its input slice is only r steps)
+        rest = jax.checkpoint(lambda s, xc: _run_whole(plan, model, s, xc, key))
+        st, last = rest(st, [x[n * K:] for x in xs])
         outs = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), outs, last)
     return st, outs
 

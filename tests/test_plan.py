@@ -143,13 +143,37 @@ def test_explain_sequential():
         assert step.reason is None
         if c.kind is Kind.NEURON:
             assert step.path is Path.NEURON_LOOP and step.impl is Impl.XLA, step
+        elif isinstance(model.layers[c.layers[0]], eqx.nn.Linear):
+            assert step.path is Path.GEMM and step.spec is None, step
         else:
             assert step.path is Path.BATCHED and step.spec is None, step
-    # the table names every component and path
+    # the table names every component and path, and the chains
     text = str(plan)
     assert "planned" in text and "neuron loop (custom VJP) [xla]" in text and "batched" in text
+    assert plan.chains == (
+        "layers 0-2: Linear -> LayerNorm -> LIF chain: GEMM over T·B rows + LayerNorm over all T·B rows"
+        " + fused neuron loop (xla)",
+        "layers 3-4: Linear -> SimpleLIF chain: GEMM over T·B rows + fused neuron loop (xla)")
+    assert "  chains:\n    layers 0-2: Linear -> LayerNorm -> LIF chain" in text
     for i, name in enumerate(["Linear", "LayerNorm", "LIF", "Linear", "SimpleLIF"]):
         assert f"layer {i} ({name})" in text
+
+
+def test_explain_names_recurrent_chains_and_cycles():
+    plan = snnkern.explain(recurrent_model(), (3,))
+    assert plan.chains[0] == ("layer 0: recurrent chain Parallel([Linear, Linear_rec]) -> LIF: GEMM over T·B rows"
+                              " + fused recurrent loop (xla)")
+    assert plan.chains[1] == "layers 1-2: Linear -> SimpleLIF chain: GEMM over T·B rows + fused neuron loop (xla)"
+    k = _k()
+    layers = [eqx.nn.Linear(3, 4, key=k[0]), snn.LIF([0.8, 0.7]), eqx.nn.Linear(4, 4, key=k[1]), snn.LIF([0.8, 0.7])]
+    cyc = snnkern.explain(snn.SequentialLocalFeedback(layers, feedback_layers={3: 1}), (3,))
+    # layer 0 is read by the cycle, so it is no chain; the cycle is one line with its path and fallback
+    assert cyc.chains == ("layers 1-3: cycle of LIF, Linear, LIF: component loop (custom VJP) - a fallback, see above",)
+    # a stateless layer read by two layers starts no chain
+    fork = snn.StatefulModel(snn.GraphStructure(3, input_layer_ids=[[0], [], []], final_layer_ids=[1, 2],
+                                                input_connectivity=[[], [0], [0]]),
+                             [eqx.nn.Linear(3, 4, key=k[0]), snn.LIF([0.8, 0.7]), snn.LIF([0.8, 0.7])])
+    assert snnkern.explain(fork, (3,)).chains == ()
 
 
 def test_explain_default_backend_on_cpu_is_xla_without_fallback():
@@ -168,7 +192,9 @@ def test_explain_compound_lists_its_sub_layers():
     assert [c.kind for c in plan.components] == ["compound", "stateless", "neuron"]
     steps = plan.components[0].steps
     assert len(steps) == 3
-    assert steps[0].path is Path.BATCHED and steps[1].path is Path.BATCHED
+    assert steps[0].path is Path.GEMM and steps[1].path is Path.BATCHED
+    assert plan.chains[0] == ("layer 0: Linear -> LayerNorm -> LIF chain (a CompoundLayer): GEMM over T·B rows"
+                              " + LayerNorm over all T·B rows + fused neuron loop (xla)")
     assert steps[2].path is Path.NEURON_LOOP and steps[2].impl is Impl.XLA and steps[2].address == (0, 2)
     assert "sub 2 (LIF)" in steps[2].where
 
@@ -578,3 +604,13 @@ def test_components_property(g):
         done.add(c)
         order.append(c)
     assert [ids for ids, _ in out] == order
+
+
+def test_reading_a_plan_doc_example_runs():
+    """The example of docs/plans.md "Reading a plan" runs as written (its assert is the chain line)."""
+    from pathlib import Path as _P
+
+    text = (_P(__file__).parent.parent / "docs" / "plans.md").read_text()
+    section = text[text.index("## Reading a plan"):text.index("## How cycles run")]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "docs/plans.md", "exec"), {})

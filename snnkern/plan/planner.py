@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from snnkern.kernels import dispatch
 
+from .chains import chains, is_vector_linear
 from .component_loop import component_loop_unsupported
 from .graph import components
 from .protocol import (call_layer, is_compound, is_neuron, is_stateful, keep_dtypes, layer_output, merge_inputs,
@@ -180,7 +181,8 @@ class _Planner:
             return steps, x
         out = jax.eval_shape(lambda s, v: call_layer(layer, s, v, _KEY)[1], state, x)
         if not is_stateful(layer):
-            return (Step(where, Path.BATCHED, address),), out
+            gemm = is_vector_linear(layer) and not isinstance(x, (list, tuple))
+            return (Step(where, Path.GEMM if gemm else Path.BATCHED, address),), out
         if is_neuron(layer):
             spec, reason = dispatch.plan_neuron_loop(
                 where, neuron_step(layer), layer.params(), state, self.seq(_float_aval(x)),
@@ -274,7 +276,7 @@ def make_plan(struct, layers: Sequence, xs: Sequence, states: Sequence, *,
                       for ids, cyclic in components(struct.num_layers, struct.input_connectivity))
         every, note = dispatch.checkpoint_every(int(xs[0].shape[0]), platform)
         plan = Plan(PlanPath.PLANNED, comps, backend=requested, platform=platform, checkpoint_every=every,
-                    notes=(note,) if note else ())
+                    notes=(note,) if note else (), chains=chains(struct, layers, comps))
     for rec in _recorders:
         rec.append(plan)
     return plan

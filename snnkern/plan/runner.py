@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jrand
@@ -19,6 +18,7 @@ from snnkern.kernels import dispatch
 from .planner import chain_step, float_input, neuron_step
 from .protocol import (call_layer, is_compound, is_neuron, is_stateful, keep_dtypes, layer_output, merge_inputs,
                        read_from_out)
+from .chains import is_vector_linear
 from .component_loop import component_seq
 from .types import Component, Kind, Path, Plan
 
@@ -37,8 +37,7 @@ def stateless_seq(layer, inp, key):
 
     A vector ``eqx.nn.Linear`` is one matmul over the last axis, which keeps whatever layout the
     sequence has (time-major under ``vmap``): no transposes between GEMMs and time loops."""
-    if (type(layer) is eqx.nn.Linear and layer.in_features != "scalar" and layer.out_features != "scalar"
-            and not isinstance(inp, (list, tuple))):
+    if is_vector_linear(layer) and not isinstance(inp, (list, tuple)):
         out = jnp.einsum("...i,oi->...o", inp, layer.weight)
         return out + layer.bias if layer.bias is not None else out
     return jax.vmap(lambda x: layer(x, key=key))(inp)

@@ -43,7 +43,7 @@ class Path(str, enum.Enum):
     """How one step of a component runs over the whole sequence."""
 
     BATCHED = "batched over T (one call)"
-    GEMM = "batched over T (one GEMM)"
+    GEMM = "one GEMM over all T·B rows"
     NEURON_LOOP = "neuron loop (custom VJP)"
     RECURRENT_LOOP = "recurrent loop (custom VJP)"
     SCAN = "scan (autodiff)"
@@ -111,6 +111,7 @@ class Plan:
     platform: str = ""                       # the platform it was planned for
     notes: Tuple[str, ...] = field(default=())
     checkpoint_every: Optional[int] = None   # time checkpointing: chunks of this many steps (None: off)
+    chains: Tuple[str, ...] = ()             # the runs of layers that execute together, one line each
 
     @property
     def fallbacks(self) -> List[str]:
@@ -133,6 +134,9 @@ class Plan:
             for s in c.steps:
                 extra = f"  <- fallback: {s.reason}" if s.reason else ""
                 lines.append(f"    {s.where:<44} {s.describe()}{extra}")
+        if self.chains:
+            lines.append("  chains:")
+            lines += [f"    {c}" for c in self.chains]
         for note in self.notes:
             lines.append(f"  note: {note}")
         return "\n".join(lines)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jrand
@@ -134,14 +135,20 @@ class _Run:
         spec = comp.spec_at((i,))
         sub_keys = jrand.split(self.keys[i], len(layer.layers))
         branch_keys = jrand.split(sub_keys[0], len(par.layers))
-        ff = None
+        # the Linear branches' biases join the recurrent bias, added inside the loop's step: the
+        # hoisted GEMMs then write their product only (no second (T, n) array with the bias added)
+        ff, bias = None, par.layers[-1].bias
         for b, seq, k in zip(par.layers[:-1], self.inputs_from_outside(i, comp.layers)[:-1], branch_keys):
-            o = stateless_seq(b, seq, k)
+            if is_vector_linear(b) and b.bias is not None and not isinstance(seq, (list, tuple)):
+                o = stateless_seq(eqx.tree_at(lambda m: m.bias, b, None, is_leaf=lambda x: x is None), seq, k)
+                bias = b.bias if bias is None else bias + b.bias
+            else:
+                o = stateless_seq(b, seq, k)
             ff = o if ff is None else ff + o
         rec = par.layers[-1]
         step, params = chain_step(layer, self.keys[i])
         sT, out, cur, reads = dispatch.run_recurrent_loop(spec, step, params, list(self.states[i][-1]),
-                                                          float_input(ff), rec.weight, rec.bias)
+                                                          float_input(ff), rec.weight, bias)
         # the compound reads as its neuron: reads = the shifted neuron output (state[-1] entering each
         # step). A non-final compound keeps only the last current (its Parallel's state); the per-step
         # layers' outputs are recomputed from the currents (stateless: the same values as in the loop)

@@ -275,3 +275,23 @@ def test_time_checkpoint_option():
     assert run.parse_args([]).time_checkpoint == "auto"
     with pytest.raises(SystemExit):
         run.parse_args(["--time-checkpoint", "0"])
+
+
+@pytest.mark.parametrize("kind", ["ff", "rec", "recmlp"])
+def test_gemm_floor_lists_the_documented_gemms(kind):
+    """bench.gemm_floor times the products the GEMM FLOP model (ModelSpec.gemm_flops) counts: each
+    listed product forward, its dW, and its dX where needed; the program runs and is finite."""
+    import jax
+    import numpy as np
+
+    from bench import gemm_floor, models
+
+    spec = models.build(kind, 8, N_in=12, N_out=4) if kind != "recmlp" else models.build(kind, 8, N_in=12)
+    gemms = gemm_floor.gemm_plan(spec)
+    B, T = 3, 5
+    flops = sum(2.0 * B * T * i * o * (2 + dx) for _, i, o, dx in gemms)
+    assert flops == spec.gemm_flops(B, T, "fwdbwd")
+    assert sum(2.0 * B * T * i * o for _, i, o, _ in gemms) == spec.gemm_flops(B, T, "fwd")
+    assert [g[0] for g in gemms].count("step") == {"ff": 0, "rec": 1, "recmlp": 2}[kind]
+    f, args = gemm_floor.gemm_program(gemms, B, T)
+    assert np.isfinite(float(jax.jit(f)(*args)))

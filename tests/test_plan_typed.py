@@ -236,3 +236,57 @@ def test_constructors_reject_unknown_keywords():
         snn.SimpleLIF([0.9], tresh=0.5)
     with pytest.raises(TypeError):
         snn.SpikeCounter(bogus=1)
+
+
+# -- issue 14's patterns: no autodiff scan anywhere, no fallback for one-neuron recurrences -------
+
+class _NoDiag(eqx.nn.Linear):
+    """A recurrent branch with its own ``__call__`` (snnax's LinearNonDiag): not a plain Linear."""
+
+    def __call__(self, x, *, key=None):
+        return (self.weight - jnp.diag(jnp.diag(self.weight))) @ x + self.bias
+
+
+def _feedback(fb):
+    k = _keys()
+    return snn.SequentialLocalFeedback([eqx.nn.Linear(N_IN, 6, key=k[0]), snn.LIF([0.9, 0.8]),
+                                        eqx.nn.Linear(6, 6, key=k[1]), snn.LIF([0.9, 0.8]),
+                                        eqx.nn.Linear(6, 2, key=k[2])], feedback_layers=fb)
+
+
+def _recmlp(rec_cls=eqx.nn.Linear, n=128):
+    # 128 neurons: a whole kernel row, so the LayerNorm inside the recurrence can run in the kernels
+    k = _keys()
+
+    def chain(i, n, k1, k2):
+        return snn.CompoundLayer(snn.Parallel([eqx.nn.Linear(i, n, key=k1), rec_cls(n, n, key=k2)]),
+                                 eqx.nn.LayerNorm((n,), use_weight=False, use_bias=False, eps=1e-4),
+                                 snn.LIFSoftReset([0.95, 0.85], reset_val=1))
+    return snn.SequentialLocalFeedback(snn.Flatten(), chain(N_IN, n, k[0], k[1]), chain(n, n, k[2], k[3]),
+                                       eqx.nn.Linear(n, 3, key=k[4]), feedback_layers=None)
+
+
+PATTERNS = {"recmlp": _recmlp, "rec": recurrent_model, "fb{3:2}": lambda: _feedback({3: 2}),
+            "fb{1:1}": lambda: _feedback({1: 1}), "fb{3:1}": lambda: _feedback({3: 1}),
+            "nondiag": lambda: _recmlp(_NoDiag, 8)}
+ONE_NEURON = ("rec", "recmlp", "fb{3:2}", "fb{1:1}")
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+@pytest.mark.parametrize("name", list(PATTERNS))
+def test_issue14_patterns_plan_no_autodiff_scan(name, platform):
+    """Every recurrent/feedback pattern of issue 14 is planned without an autodiff scan on this CPU
+    and for an abstract H200 / TPU (backend auto); the one-neuron recurrences with no fallback at
+    all, strict mode included; the others with their reason."""
+    model = PATTERNS[name]()
+    with _Context("auto", platform):
+        plan = snnkern.explain(model, (N_IN,), T=T)
+    paths = {s.path for s in plan.steps}
+    assert not paths & {Path.SCAN, Path.COMPONENT_SCAN}, str(plan)
+    assert any(c.cyclic for c in plan.components)
+    if name in ONE_NEURON:
+        assert plan.fallbacks == [], str(plan)
+        with _Context("auto", platform), snnkern.strict():
+            snnkern.explain(model, (N_IN,), T=T)
+    else:
+        assert plan.fallbacks and all(r for r in plan.fallbacks), str(plan)

@@ -3,13 +3,19 @@
 
 ``step(dyn, state, x_t) -> (new_state, y_t)`` is one step of **one sample** (``dyn`` the array
 leaves it differentiates, ``state`` and ``x_t`` pytrees). The forward pass is one ``lax.scan``
-that stores only the state entering each step, binary entries (spikes) as ``bool``; the backward
-pass is a reverse scan that re-runs each step's VJP from that state. Autodiff of a scan would keep
-every intermediate of every step instead.
+that stores only the state entering each step, binary entries (spikes) as ``bool``, and not the
+entries the backward pass can recompute; the backward pass is a reverse scan that re-runs each
+step's VJP from that state. Autodiff of a scan would keep every intermediate of every step instead.
+
+``x_t`` is ``(now[t], lagged[t])``: ``now`` sequences are read at step t, ``lagged`` ones one step
+later (``first`` at step 0, then ``seq[t - 1]``) - a source's output read by a consumer, with no
+shifted copy of the sequence in the forward pass nor of its gradient in the backward pass.
 
 Under ``jax.vmap`` (how snnax-style models run over a batch) one loop runs over the whole batch,
 the step vmapped over its rows inside, so a weight's gradient is one contraction over the batch
-per step, accumulated once (vmap of a custom VJP would accumulate a per-example gradient).
+per step, accumulated once (vmap of a custom VJP would accumulate a per-example gradient). The
+loop is time-major (its sequences ``(T, B, ...)``, one contiguous slab per step), like the neuron
+loops around it, so a sequence passed between them is never transposed.
 """
 from __future__ import annotations
 
@@ -20,7 +26,6 @@ import jax.numpy as jnp
 from jax.custom_batching import custom_vmap
 
 from .common import keep_entry, restore_entry, vmap_is_innermost
-from .neuron_loop import scan_axis1
 
 __all__ = ["component_loop"]
 
@@ -34,11 +39,53 @@ def _restore(kept, state0, t, binary):
     return jax.tree.map(lambda k, s0, b: restore_entry(k, s0, t) if b else k, kept, state0, binary)
 
 
-def _batched_loop(step: Callable, binary, derived, dyn, state0, xs):
-    """Batch-major: ``state0`` a list of entries (pytrees, leaves (B, ...)), ``xs`` leaves (B, T, ...);
-    ``(final_state, ys)`` with ``ys`` leaves (B, T, ...). ``dyn`` is shared by all rows. Entry k
-    with ``derived[k]`` is not stored: the backward pass recomputes it from the previous step."""
-    T = jax.tree.leaves(xs)[0].shape[1]
+def _at(a, t):
+    return jax.lax.dynamic_index_in_dim(a, t, axis=0, keepdims=False)
+
+
+def _lagged_at(lag, first, t):
+    """The lagged inputs of step t: ``first`` at t = 0, else ``lag[t - 1]``."""
+    return jax.tree.map(lambda a, f: jnp.where(t == 0, f, _at(a, jnp.maximum(t - 1, 0)).astype(f.dtype)),
+                        lag, first)
+
+
+def _seed(tree):
+    """One element of the first array in ``tree``: a value that exists only once ``tree`` does."""
+    a = jax.tree.leaves(tree)[0]
+    return a[(0,) * a.ndim]
+
+
+def _filled(shape, dtype, seed):
+    """A buffer whose every entry the loop overwrites. Not ``zeros``: XLA shares one zero broadcast
+    among all such buffers of a program and materialises their copies at its start, so each would
+    hold memory through the whole program; a buffer made from a value of this loop's inputs exists
+    only from when they do."""
+    return jnp.broadcast_to(seed.astype(dtype), shape)
+
+
+def _scan(body, init, T: int, seed, reverse: bool = False):
+    """``lax.scan`` of ``body(carry, t) -> (carry, y_t)`` over t in [0, T): ``(carry, ys)``, each step's
+    ``y_t`` written in place into a (T, ...) buffer made by :func:`_filled` (a plain scan's output
+    buffers start as zeros)."""
+    y_aval = jax.eval_shape(lambda c: body(c, jnp.int32(0))[1], init)
+    bufs = jax.tree.map(lambda v: _filled((T,) + tuple(v.shape), v.dtype, seed), y_aval)
+
+    def step(carry, t):
+        c, out = carry
+        c, y = body(c, t)
+        out = jax.tree.map(lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v.astype(buf.dtype), t, 0), out, y)
+        return (c, out), None
+
+    (c, bufs), _ = jax.lax.scan(step, (init, bufs), jnp.arange(T), reverse=reverse)
+    return c, bufs
+
+
+def _loop(step: Callable, binary, derived, dyn, state0, now, lag, first):
+    """Time-major: ``state0`` a list of entries (pytrees, leaves (B, ...)), ``now`` and ``lag``
+    leaves (T, B, ...), ``first`` ``lag``'s structure with leaves (B, ...); ``(final_state, ys)``
+    with ``ys`` leaves (T, B, ...). ``dyn`` is shared by all rows. Entry k with ``derived[k]`` is not
+    stored: the backward pass recomputes it from the previous step."""
+    T = jax.tree.leaves((now, lag))[0].shape[0]
 
     def rows(d, s, xt):
         return jax.vmap(lambda ss, xx: step(d, ss, xx))(s, xt)
@@ -49,25 +96,28 @@ def _batched_loop(step: Callable, binary, derived, dyn, state0, xs):
     def restore(kept, s0, t):
         return [e0 if dv else _restore(k, e0, t, b) for k, e0, b, dv in zip(kept, s0, binary, derived)]
 
-    def run(d, s0, x, store):
-        def body(s, t, xt):
-            ns, y = rows(d, s, xt)
+    def x_at(x, lg, f, t):
+        return jax.tree.map(lambda a: _at(a, t), x), _lagged_at(lg, f, t)
+
+    def run(d, s0, x, lg, f, store):
+        def body(s, t):
+            ns, y = rows(d, s, x_at(x, lg, f, t))
             ns = jax.tree.map(lambda a, o: a.astype(o.dtype), ns, s)
             return ns, (y, keep(s) if store else None)
 
-        return scan_axis1(body, s0, x, T)
+        return _scan(body, s0, T, _seed((x, lg, s0)))
 
     @jax.custom_vjp
-    def loop(d, s0, x):
-        sT, (ys, _) = run(d, s0, x, False)
+    def loop(d, s0, x, lg, f):
+        sT, (ys, _) = run(d, s0, x, lg, f, False)
         return sT, ys
 
-    def fwd(d, s0, x):
-        sT, (ys, kept) = run(d, s0, x, True)
-        return (sT, ys), (d, s0, kept, x)
+    def fwd(d, s0, x, lg, f):
+        sT, (ys, kept) = run(d, s0, x, lg, f, True)
+        return (sT, ys), (d, s0, kept, x, lg, f)
 
     def bwd(res, g):
-        d, s0, kept, x = res
+        d, s0, kept, x, lg, f = res
         g_sT, g_ys = g
 
         def entering(t, k):
@@ -77,59 +127,87 @@ def _batched_loop(step: Callable, binary, derived, dyn, state0, xs):
             if not any(derived):
                 return s
             tp = jnp.maximum(t - 1, 0)
-            kp, xp = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, tp, axis=1, keepdims=False), (kept, x))
-            ns, _ = rows(d, restore(kp, s0, tp), xp)
+            kp = jax.tree.map(lambda a: _at(a, tp), kept)
+            ns, _ = rows(d, restore(kp, s0, tp), x_at(x, lg, f, tp))
             return [jax.tree.map(lambda a, o: jnp.where(t == 0, o, a.astype(o.dtype)), n, e0) if dv else e
                     for e, n, e0, dv in zip(s, ns, s0, derived)]
 
-        def body(carry, t, inp):
-            g_s, g_d = carry
-            k, xt, gy = inp
-            _, vjp = jax.vjp(rows, d, entering(t, k), xt)
-            dd, ds, dx = vjp((g_s, gy))
-            return (ds, jax.tree.map(jnp.add, g_d, dd)), dx
+        def body(carry, t):
+            g_s, g_d, g_lag, g_first = carry
+            k, gy = jax.tree.map(lambda a: _at(a, t), (kept, g_ys))
+            _, vjp = jax.vjp(rows, d, entering(t, k), x_at(x, lg, f, t))
+            dd, ds, (dx, dlag) = vjp((g_s, gy))
+            # step t read lag[t - 1] (first at t = 0): its gradient goes there, in place
+            tp = jnp.maximum(t - 1, 0)
+            g_lag = jax.tree.map(
+                lambda buf, v: jax.lax.dynamic_update_index_in_dim(
+                    buf, jnp.where(t == 0, _at(buf, 0), v.astype(buf.dtype)), tp, axis=0), g_lag, dlag)
+            g_first = jax.tree.map(lambda a, v: jnp.where(t == 0, v.astype(a.dtype), a), g_first, dlag)
+            return (ds, jax.tree.map(jnp.add, g_d, dd), g_lag, g_first), dx
 
-        (g_s0, g_d), g_x = scan_axis1(body, (g_sT, jax.tree.map(jnp.zeros_like, d)), (kept, x, g_ys), T,
-                                       reverse=True)
-        return g_d, g_s0, g_x
+        seed = _seed((kept, x, lg, g_ys, g_sT))
+        # g_lag's entries are all written but the last, which is zeroed after the loop
+        init = (g_sT, jax.tree.map(jnp.zeros_like, d), jax.tree.map(lambda a: _filled(a.shape, a.dtype, seed), lg),
+                jax.tree.map(jnp.zeros_like, f))
+        (g_s0, g_d, g_lag, g_first), g_x = _scan(body, init, T, seed, reverse=True)
+        g_lag = jax.tree.map(lambda a: jax.lax.dynamic_update_index_in_dim(
+            a, jnp.zeros_like(_at(a, T - 1)), T - 1, 0), g_lag)
+        return g_d, g_s0, g_x, g_lag, g_first
 
     loop.defvjp(fwd, bwd)
-    return loop(dyn, state0, xs)
+    return loop(dyn, state0, now, lag, first)
 
 
-def component_loop(step: Callable, dyn, state0: list, xs, binary, derived=None):
-    """Run ``step`` over the leading (time) axis of the sequences ``xs``: ``(final_state, ys)``.
+def component_loop(step: Callable, dyn, state0: list, xs, binary, derived=None, lagged=None):
+    """Run ``step`` over the leading (time) axis of the sequences: ``(final_state, ys)``.
 
-    One sample: ``state0`` a pytree of arrays, ``xs`` a pytree of (T, ...) inexact sequences,
-    ``binary`` ``state0``'s structure with a Python bool per leaf (True: the entry is exactly 0/1,
-    stored as bool). ``derived``: a bool per entry of the list ``state0`` (True: not stored; the
-    backward pass recomputes it by re-running the previous step, so the new value of a derived
-    entry must depend only on the entries that are not derived, and on ``x_t``). Every leaf of
-    ``dyn``, ``state0``, ``xs`` and of the state and ``y`` that ``step`` returns must be inexact
-    (the planner checks). Gradients flow to ``dyn``, ``state0`` and ``xs``; ``step`` may close over
-    constants (keys, integer arrays)."""
+    One sample: ``state0`` a list of entries (pytrees of arrays); ``xs`` a pytree of (T, ...)
+    inexact sequences read at step t; ``lagged`` (optional) a pair ``(seqs, firsts)``: a pytree of
+    (T, ...) sequences read one step late, ``firsts[...]`` (same structure, one step's shape) at
+    step 0 and ``seqs[t - 1]`` at step t. ``step`` receives ``x_t = (xs[t], lagged_t)``.
+    ``binary``: ``state0``'s structure with a Python bool per leaf (True: the entry is exactly 0/1,
+    stored as bool). ``derived``: a bool per entry of ``state0`` (True: not stored; the backward
+    pass recomputes it by re-running the previous step, so the new value of a derived entry must
+    depend only on the entries that are not derived, and on ``x_t``). Every leaf of ``dyn``,
+    ``state0``, the sequences and of the state and ``y`` that ``step`` returns must be inexact (the
+    planner checks). Gradients flow to ``dyn``, ``state0`` and every sequence; ``step`` may close
+    over constants (keys, integer arrays). Without ``lagged``, ``step`` receives ``xs[t]`` alone."""
     derived = [False] * len(state0) if derived is None else list(derived)
+    lag, first = ([], []) if lagged is None else lagged
+    if lagged is None:   # step reads xs[t] alone
+        inner = step
+        step = lambda d, s, xt: inner(d, s, xt[0])  # noqa: E731
 
-    def one(d, s0, x):
-        add = lambda a: a[None]  # noqa: E731
-        sT, ys = _batched_loop(step, binary, derived, d, jax.tree.map(add, s0), jax.tree.map(add, x))
-        return jax.tree.map(lambda a: a[0], sT), jax.tree.map(lambda a: a[0], ys)
+    def one(d, s0, x, lg, f):
+        add0 = lambda a: a[None]  # noqa: E731
+        add1 = lambda a: a[:, None]  # noqa: E731
+        sT, ys = _loop(step, binary, derived, d, jax.tree.map(add0, s0), jax.tree.map(add1, x),
+                       jax.tree.map(add1, lg), jax.tree.map(add0, f))
+        return jax.tree.map(lambda a: a[0], sT), jax.tree.map(lambda a: a[:, 0], ys)
 
     loop = custom_vmap(one)
 
     @loop.def_vmap
-    def _batched(axis_size, in_batched, d, s0, x):
-        d_b, s0_b, x_b = in_batched
+    def _batched(axis_size, in_batched, d, s0, x, lg, f):
+        d_b = in_batched[0]
         if any(jax.tree.leaves(d_b)):
             # per-example parameters (an ensemble): plain vmap of the one-sample loop
-            axes = jax.tree.map(lambda b: 0 if b else None, (d_b, s0_b, x_b))
-            out = jax.vmap(one, in_axes=axes)(d, s0, x)
+            axes = jax.tree.map(lambda b: 0 if b else None, tuple(in_batched))
+            out = jax.vmap(one, in_axes=axes)(d, s0, x, lg, f)
         else:
-            full = lambda a, b: a if b else jnp.broadcast_to(a, (axis_size,) + a.shape)  # noqa: E731
-            out = _batched_loop(step, binary, derived, d, jax.tree.map(full, s0, s0_b), jax.tree.map(full, x, x_b))
+            def full(a, b):
+                return a if b else jnp.broadcast_to(a, (axis_size,) + a.shape)
+
+            def tm(a, b):   # batch-major as vmap hands it over -> time-major
+                return jnp.swapaxes(full(a, b), 0, 1)
+
+            _, s0_b, x_b, lg_b, f_b = in_batched
+            sT, ys = _loop(step, binary, derived, d, jax.tree.map(full, s0, s0_b), jax.tree.map(tm, x, x_b),
+                           jax.tree.map(tm, lg, lg_b), jax.tree.map(full, f, f_b))
+            out = (sT, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), ys))
         return out, jax.tree.map(lambda _: True, out)
 
     if not vmap_is_innermost():
         # no vmap, or vmap outside autodiff (per-example gradients): the one-sample custom VJP
-        return one(dyn, state0, xs)
-    return loop(dyn, state0, xs)
+        return one(dyn, state0, xs, lag, first)
+    return loop(dyn, state0, xs, lag, first)

@@ -133,25 +133,22 @@ def _loop(step: Callable, binary, derived, dyn, state0, now, lag, first):
                     for e, n, e0, dv in zip(s, ns, s0, derived)]
 
         def body(carry, t):
-            g_s, g_d, g_lag, g_first = carry
+            g_s, g_d, g_lag = carry
             k, gy = jax.tree.map(lambda a: _at(a, t), (kept, g_ys))
             _, vjp = jax.vjp(rows, d, entering(t, k), x_at(x, lg, f, t))
             dd, ds, (dx, dlag) = vjp((g_s, gy))
-            # step t read lag[t - 1] (first at t = 0): its gradient goes there, in place
-            tp = jnp.maximum(t - 1, 0)
-            g_lag = jax.tree.map(
-                lambda buf, v: jax.lax.dynamic_update_index_in_dim(
-                    buf, jnp.where(t == 0, _at(buf, 0), v.astype(buf.dtype)), tp, axis=0), g_lag, dlag)
-            g_first = jax.tree.map(lambda a, v: jnp.where(t == 0, v.astype(a.dtype), a), g_first, dlag)
-            return (ds, jax.tree.map(jnp.add, g_d, dd), g_lag, g_first), dx
+            # step t read lag[t - 1]: its gradient goes there, in place; step 0 read first, whose
+            # gradient parks in the slot of lag[T - 1] (which no step reads)
+            g_lag = jax.tree.map(lambda buf, v: jax.lax.dynamic_update_index_in_dim(
+                buf, v.astype(buf.dtype), (t + T - 1) % T, 0), g_lag, dlag)
+            return (ds, jax.tree.map(jnp.add, g_d, dd), g_lag), dx
 
         seed = _seed((kept, x, lg, g_ys, g_sT))
-        # g_lag's entries are all written but the last, which is zeroed after the loop
-        init = (g_sT, jax.tree.map(jnp.zeros_like, d), jax.tree.map(lambda a: _filled(a.shape, a.dtype, seed), lg),
-                jax.tree.map(jnp.zeros_like, f))
-        (g_s0, g_d, g_lag, g_first), g_x = _scan(body, init, T, seed, reverse=True)
-        g_lag = jax.tree.map(lambda a: jax.lax.dynamic_update_index_in_dim(
-            a, jnp.zeros_like(_at(a, T - 1)), T - 1, 0), g_lag)
+        init = (g_sT, jax.tree.map(jnp.zeros_like, d), jax.tree.map(lambda a: _filled(a.shape, a.dtype, seed), lg))
+        (g_s0, g_d, g_lag), g_x = _scan(body, init, T, seed, reverse=True)
+        g_first = jax.tree.map(lambda a, f0: _at(a, T - 1).astype(f0.dtype), g_lag, f)
+        g_lag = jax.tree.map(lambda a: jax.lax.dynamic_update_index_in_dim(a, jnp.zeros_like(_at(a, T - 1)), T - 1, 0),
+                             g_lag)
         return g_d, g_s0, g_x, g_lag, g_first
 
     loop.defvjp(fwd, bwd)

@@ -80,15 +80,17 @@ def _scan(body, init, T: int, seed, reverse: bool = False):
     return c, bufs
 
 
-def _loop(step: Callable, binary, derived, dyn, state0, now, lag, first):
+def _loop(step: Callable, binary, derived, dyn, dyn_rows, state0, now, lag, first):
     """Time-major: ``state0`` a list of entries (pytrees, leaves (B, ...)), ``now`` and ``lag``
     leaves (T, B, ...), ``first`` ``lag``'s structure with leaves (B, ...); ``(final_state, ys)``
-    with ``ys`` leaves (T, B, ...). ``dyn`` is shared by all rows. Entry k with ``derived[k]`` is not
-    stored: the backward pass recomputes it from the previous step."""
+    with ``ys`` leaves (T, B, ...). ``dyn`` is shared by all rows, ``dyn_rows`` has one copy per row
+    (leaves (B, ...)): its gradient is accumulated per row, elementwise, with no reduction inside a
+    step. Entry k with ``derived[k]`` is not stored: the backward pass recomputes it from the
+    previous step."""
     T = jax.tree.leaves((now, lag))[0].shape[0]
 
-    def rows(d, s, xt):
-        return jax.vmap(lambda ss, xx: step(d, ss, xx))(s, xt)
+    def rows(d, dr, s, xt):
+        return jax.vmap(lambda r, ss, xx: step((d, r), ss, xx))(dr, s, xt)
 
     def keep(s):
         return [None if dv else _compress(e, b) for e, b, dv in zip(s, binary, derived)]
@@ -99,25 +101,25 @@ def _loop(step: Callable, binary, derived, dyn, state0, now, lag, first):
     def x_at(x, lg, f, t):
         return jax.tree.map(lambda a: _at(a, t), x), _lagged_at(lg, f, t)
 
-    def run(d, s0, x, lg, f, store):
+    def run(d, dr, s0, x, lg, f, store):
         def body(s, t):
-            ns, y = rows(d, s, x_at(x, lg, f, t))
+            ns, y = rows(d, dr, s, x_at(x, lg, f, t))
             ns = jax.tree.map(lambda a, o: a.astype(o.dtype), ns, s)
             return ns, (y, keep(s) if store else None)
 
         return _scan(body, s0, T, _seed((x, lg, s0)))
 
     @jax.custom_vjp
-    def loop(d, s0, x, lg, f):
-        sT, (ys, _) = run(d, s0, x, lg, f, False)
+    def loop(d, dr, s0, x, lg, f):
+        sT, (ys, _) = run(d, dr, s0, x, lg, f, False)
         return sT, ys
 
-    def fwd(d, s0, x, lg, f):
-        sT, (ys, kept) = run(d, s0, x, lg, f, True)
-        return (sT, ys), (d, s0, kept, x, lg, f)
+    def fwd(d, dr, s0, x, lg, f):
+        sT, (ys, kept) = run(d, dr, s0, x, lg, f, True)
+        return (sT, ys), (d, dr, s0, kept, x, lg, f)
 
     def bwd(res, g):
-        d, s0, kept, x, lg, f = res
+        d, dr, s0, kept, x, lg, f = res
         g_sT, g_ys = g
 
         def entering(t, k):
@@ -128,34 +130,35 @@ def _loop(step: Callable, binary, derived, dyn, state0, now, lag, first):
                 return s
             tp = jnp.maximum(t - 1, 0)
             kp = jax.tree.map(lambda a: _at(a, tp), kept)
-            ns, _ = rows(d, restore(kp, s0, tp), x_at(x, lg, f, tp))
+            ns, _ = rows(d, dr, restore(kp, s0, tp), x_at(x, lg, f, tp))
             return [jax.tree.map(lambda a, o: jnp.where(t == 0, o, a.astype(o.dtype)), n, e0) if dv else e
                     for e, n, e0, dv in zip(s, ns, s0, derived)]
 
         def body(carry, t):
-            g_s, g_d, g_lag = carry
+            g_s, g_d, g_dr, g_lag = carry
             k, gy = jax.tree.map(lambda a: _at(a, t), (kept, g_ys))
-            _, vjp = jax.vjp(rows, d, entering(t, k), x_at(x, lg, f, t))
-            dd, ds, (dx, dlag) = vjp((g_s, gy))
+            _, vjp = jax.vjp(rows, d, dr, entering(t, k), x_at(x, lg, f, t))
+            dd, ddr, ds, (dx, dlag) = vjp((g_s, gy))
             # step t read lag[t - 1]: its gradient goes there, in place; step 0 read first, whose
             # gradient parks in the slot of lag[T - 1] (which no step reads)
             g_lag = jax.tree.map(lambda buf, v: jax.lax.dynamic_update_index_in_dim(
                 buf, v.astype(buf.dtype), (t + T - 1) % T, 0), g_lag, dlag)
-            return (ds, jax.tree.map(jnp.add, g_d, dd), g_lag), dx
+            return (ds, jax.tree.map(jnp.add, g_d, dd), jax.tree.map(jnp.add, g_dr, ddr), g_lag), dx
 
         seed = _seed((kept, x, lg, g_ys, g_sT))
-        init = (g_sT, jax.tree.map(jnp.zeros_like, d), jax.tree.map(lambda a: _filled(a.shape, a.dtype, seed), lg))
-        (g_s0, g_d, g_lag), g_x = _scan(body, init, T, seed, reverse=True)
+        init = (g_sT, jax.tree.map(jnp.zeros_like, d), jax.tree.map(jnp.zeros_like, dr),
+                jax.tree.map(lambda a: _filled(a.shape, a.dtype, seed), lg))
+        (g_s0, g_d, g_dr, g_lag), g_x = _scan(body, init, T, seed, reverse=True)
         g_first = jax.tree.map(lambda a, f0: _at(a, T - 1).astype(f0.dtype), g_lag, f)
         g_lag = jax.tree.map(lambda a: jax.lax.dynamic_update_index_in_dim(a, jnp.zeros_like(_at(a, T - 1)), T - 1, 0),
                              g_lag)
-        return g_d, g_s0, g_x, g_lag, g_first
+        return g_d, g_dr, g_s0, g_x, g_lag, g_first
 
     loop.defvjp(fwd, bwd)
-    return loop(dyn, state0, now, lag, first)
+    return loop(dyn, dyn_rows, state0, now, lag, first)
 
 
-def component_loop(step: Callable, dyn, state0: list, xs, binary, derived=None, lagged=None):
+def component_loop(step: Callable, dyn, state0: list, xs, binary, derived=None, lagged=None, dyn_rows=None):
     """Run ``step`` over the leading (time) axis of the sequences: ``(final_state, ys)``.
 
     One sample: ``state0`` a list of entries (pytrees of arrays); ``xs`` a pytree of (T, ...)
@@ -168,29 +171,35 @@ def component_loop(step: Callable, dyn, state0: list, xs, binary, derived=None, 
     depend only on the entries that are not derived, and on ``x_t``). Every leaf of ``dyn``,
     ``state0``, the sequences and of the state and ``y`` that ``step`` returns must be inexact (the
     planner checks). Gradients flow to ``dyn``, ``state0`` and every sequence; ``step`` may close
-    over constants (keys, integer arrays). Without ``lagged``, ``step`` receives ``xs[t]`` alone."""
+    over constants (keys, integer arrays). Without ``lagged``, ``step`` receives ``xs[t]`` alone.
+    ``dyn_rows`` (optional): arrays of one sample's shape that each batch row gets its own copy of
+    (a neuron's parameters broadcast to its shape), so that their gradient is accumulated
+    elementwise per row and reduced once after the loop (a reduction inside the step costs more
+    than the step on CPU); ``step`` then receives ``(dyn, dyn_rows)``."""
     derived = [False] * len(state0) if derived is None else list(derived)
     lag, first = ([], []) if lagged is None else lagged
-    if lagged is None:   # step reads xs[t] alone
-        inner = step
-        step = lambda d, s, xt: inner(d, s, xt[0])  # noqa: E731
+    inner, has_rows, has_lag = step, dyn_rows is not None, lagged is not None
 
-    def one(d, s0, x, lg, f):
+    def step(d, s, xt):
+        return inner(d if has_rows else d[0], s, xt if has_lag else xt[0])
+
+    dyn_rows = () if dyn_rows is None else dyn_rows
+
+    def one(d, dr, s0, x, lg, f):
         add0 = lambda a: a[None]  # noqa: E731
         add1 = lambda a: a[:, None]  # noqa: E731
-        sT, ys = _loop(step, binary, derived, d, jax.tree.map(add0, s0), jax.tree.map(add1, x),
-                       jax.tree.map(add1, lg), jax.tree.map(add0, f))
+        sT, ys = _loop(step, binary, derived, d, jax.tree.map(add0, dr), jax.tree.map(add0, s0),
+                       jax.tree.map(add1, x), jax.tree.map(add1, lg), jax.tree.map(add0, f))
         return jax.tree.map(lambda a: a[0], sT), jax.tree.map(lambda a: a[:, 0], ys)
 
     loop = custom_vmap(one)
 
     @loop.def_vmap
-    def _batched(axis_size, in_batched, d, s0, x, lg, f):
-        d_b = in_batched[0]
-        if any(jax.tree.leaves(d_b)):
+    def _batched(axis_size, in_batched, d, dr, s0, x, lg, f):
+        if any(jax.tree.leaves(in_batched[:2])):
             # per-example parameters (an ensemble): plain vmap of the one-sample loop
             axes = jax.tree.map(lambda b: 0 if b else None, tuple(in_batched))
-            out = jax.vmap(one, in_axes=axes)(d, s0, x, lg, f)
+            out = jax.vmap(one, in_axes=axes)(d, dr, s0, x, lg, f)
         else:
             def full(a, b):
                 return a if b else jnp.broadcast_to(a, (axis_size,) + a.shape)
@@ -198,13 +207,15 @@ def component_loop(step: Callable, dyn, state0: list, xs, binary, derived=None, 
             def tm(a, b):   # batch-major as vmap hands it over -> time-major
                 return jnp.swapaxes(full(a, b), 0, 1)
 
-            _, s0_b, x_b, lg_b, f_b = in_batched
-            sT, ys = _loop(step, binary, derived, d, jax.tree.map(full, s0, s0_b), jax.tree.map(tm, x, x_b),
-                           jax.tree.map(tm, lg, lg_b), jax.tree.map(full, f, f_b))
+            _, dr_b, s0_b, x_b, lg_b, f_b = in_batched
+            # one copy of dyn_rows per row: broadcast here, so its gradient is summed over the batch
+            # once, after the loop
+            sT, ys = _loop(step, binary, derived, d, jax.tree.map(full, dr, dr_b), jax.tree.map(full, s0, s0_b),
+                           jax.tree.map(tm, x, x_b), jax.tree.map(tm, lg, lg_b), jax.tree.map(full, f, f_b))
             out = (sT, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), ys))
         return out, jax.tree.map(lambda _: True, out)
 
     if not vmap_is_innermost():
         # no vmap, or vmap outside autodiff (per-example gradients): the one-sample custom VJP
-        return one(dyn, state0, xs, lag, first)
-    return loop(dyn, state0, xs, lag, first)
+        return one(dyn, dyn_rows, state0, xs, lag, first)
+    return loop(dyn, dyn_rows, state0, xs, lag, first)

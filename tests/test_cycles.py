@@ -20,7 +20,7 @@ from snnkern.plan import Kind, Path
 from snnkern.plan.protocol import AbstractStatefulLayer
 
 from helpers import (GRAD_ATOL, GRAD_RTOL, OUT_ATOL, OUT_RTOL, assert_fires, assert_trees_close, data,
-                     run_path, scale_linear)
+                     mixed_loss, run_path, scale_linear, under)
 
 N_IN, N = 6, 12
 
@@ -160,6 +160,37 @@ def test_cycle_from_a_nonzero_initial_state(name, batched):
     model = MODELS[name](key)
     x = data((3, 24, N_IN) if batched else (24, N_IN), seed=4, lo=0.0, hi=1.5)
     _compare(model, x, key, batched=batched, st=_random_state(model, (N_IN,), seed=1))
+
+
+def test_cycle_ensemble_and_per_example_gradients():
+    """Two models vmapped together (per-example parameters: the batching rule vmaps the one-sample
+    loop), and per-example gradients (``vmap(grad)``: the one-sample custom VJP under vmap), equal
+    the reference."""
+    keys = jax.random.split(jax.random.PRNGKey(8), 2)
+    model = MODELS["multi-1-3"](keys[0])
+    models = eqx.filter_vmap(lambda k: MODELS["multi-1-3"](k))(keys)
+    st = model.init_state((N_IN,), keys[0])
+    xs = data((2, 20, N_IN), seed=5, lo=0.0, hi=1.5)
+    assert_fires(model, st, xs[0], keys[0])
+    params, static = eqx.partition(models, eqx.is_inexact_array)
+
+    def loss(p, x):
+        finals, outs = eqx.combine(p, static)(st, x, keys[0])
+        return mixed_loss(finals, outs)
+
+    def ensemble(p, x):   # one model per example
+        return jax.grad(lambda pp: jnp.sum(jax.vmap(loss)(pp, x)))(p)
+
+    p1 = eqx.filter(model, eqx.is_inexact_array)
+    one_model = eqx.partition(model, eqx.is_inexact_array)[1]
+
+    def per_example(x):   # one model, a gradient per example
+        return jax.vmap(jax.grad(lambda pp, xx: mixed_loss(*eqx.combine(pp, one_model)(st, xx, keys[0]))),
+                        in_axes=(None, 0))(p1, x)
+
+    for f, args in ((ensemble, (params, xs)), (per_example, (xs,))):
+        got, ref = (under(b, jax.jit(lambda *a, f=f: f(*a)), *args) for b in ("xla", "reference"))
+        assert_trees_close(got, ref, GRAD_ATOL, GRAD_RTOL, f.__name__, rel_to="leaf")
 
 
 def test_component_loop_needs_no_more_memory_than_the_reference():

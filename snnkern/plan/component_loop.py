@@ -14,6 +14,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from snnkern.kernels.common import params_broadcast
 from snnkern.kernels.component_loop import component_loop
 
 from .protocol import call_layer, is_compound, is_neuron, is_stateful, keep_dtypes, layer_output, merge_inputs
@@ -56,6 +57,19 @@ def component_loop_unsupported(names: Sequence[str], states, outs) -> Optional[s
     return None
 
 
+def _per_neuron(layer, state):
+    """``(arrays, rest)``: a neuron's parameters split into its inexact arrays, broadcast to the
+    shape of its state, and the rest (Python floats) - or None if ``layer`` is not a neuron (a
+    compound is not) or a parameter does not broadcast against its state."""
+    if not is_neuron(layer) or is_compound(layer):
+        return None
+    shape = jnp.shape(jax.tree.leaves(state)[0])
+    arrays, rest = eqx.partition(layer.params(), eqx.is_inexact_array)
+    if not jax.tree.leaves(arrays) or not params_broadcast(arrays, shape):
+        return None
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, shape), arrays), rest
+
+
 def component_seq(ids: Sequence[int], layers: list, states: list, outside: List[list], keys: list, struct,
                   final: set):
     """Run the component ``ids`` (its ``layers`` and ``states``) over the sequence. ``outside[k]``:
@@ -90,7 +104,13 @@ def component_seq(ids: Sequence[int], layers: list, states: list, outside: List[
         xs.append(seqs)
         lags.append(lag)
         firsts.append(first)
-    dyn, static = eqx.partition(list(layers), eqx.is_inexact_array)
+    # a neuron whose parameters broadcast against its state runs its step on them per neuron (per
+    # row of the batch): their gradient is then elementwise in the loop, summed once after it
+    rows = [_per_neuron(layer, st) for layer, st in zip(layers, states)]
+    dyn, static = eqx.partition([None if r is not None else layer for layer, r in zip(layers, rows)],
+                                eqx.is_inexact_array)
+    skeletons = [eqx.filter(layer, eqx.is_array, inverse=True) if r is not None else None
+                 for layer, r in zip(layers, rows)]
     binary = [binary_entries(layer, st) for layer, st in zip(layers, states)]
     # a stateless layer fed only by stateful layers of the component (and outside inputs): its
     # state (its previous output) is recomputed in the backward pass instead of being stored
@@ -98,13 +118,18 @@ def component_seq(ids: Sequence[int], layers: list, states: list, outside: List[
                for layer, wires in zip(layers, wiring)]
 
     def step(d, s, xt):
+        d, p_rows = d
         mods = eqx.combine(d, static)
         now, lag = xt
         new, outs, reads = [], [], []
         for k, layer in enumerate(mods):
             vals = [now[k][n] if src == "x" else lag[k][n] if src == "l" else layer_output(layers[n], s[n])
                     for src, n in wiring[k]]
-            ns, out = call_layer(layer, s[k], merge_inputs(layer, vals), keys[k])
+            if rows[k] is not None:
+                ns, out = skeletons[k].step(eqx.combine(p_rows[k], rows[k][1]), s[k],
+                                            merge_inputs(layers[k], vals))
+            else:
+                ns, out = call_layer(layer, s[k], merge_inputs(layer, vals), keys[k])
             ns = keep_dtypes(ns, s[k])
             new.append(ns)
             outs.append(out if want_out[k] else None)
@@ -112,5 +137,7 @@ def component_seq(ids: Sequence[int], layers: list, states: list, outside: List[
             reads.append(layer_output(layer, s[k]) if want_read[k] else None)
         return new, (outs, reads)
 
-    finals, (outs, reads) = component_loop(step, dyn, list(states), xs, binary, derived, lagged=(lags, firsts))
+    p_rows = [r[0] if r is not None else None for r in rows]
+    finals, (outs, reads) = component_loop(step, dyn, list(states), xs, binary, derived, lagged=(lags, firsts),
+                                           dyn_rows=p_rows)
     return finals, outs, reads

@@ -8,6 +8,9 @@ over a batch and for one sample, with every spiking layer firing 2-98 % on the r
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path as _FsPath
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -19,8 +22,13 @@ from snnkern import snn
 from snnkern.plan import Kind, Path
 from snnkern.plan.protocol import AbstractStatefulLayer
 
-from helpers import (GRAD_ATOL, GRAD_RTOL, OUT_ATOL, OUT_RTOL, assert_fires, assert_trees_close, data,
-                     mixed_loss, run_path, scale_linear, under)
+ROOT = _FsPath(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:          # `pytest` (not `python -m pytest`) does not put the root on the path
+    sys.path.insert(0, str(ROOT))
+
+from bench.cycles import Integrator  # noqa: E402  (a custom stateful layer: v <- 0.8 v + tanh(x))
+from helpers import (GRAD_ATOL, GRAD_RTOL, OUT_ATOL, OUT_RTOL, assert_fires, assert_trees_close,  # noqa: E402
+                     data, mixed_loss, run_path, scale_linear, under)
 
 N_IN, N = 6, 12
 
@@ -32,17 +40,6 @@ def _chain(key, n_in=N_IN, n=N, thr=0.1):
     return [eqx.nn.Linear(n_in, n, key=k[0]), snn.LIF([0.9, 0.8], threshold=thr),
             scale_linear(eqx.nn.Linear(n, n, key=k[1]), gain=8.0, shift=0.15), snn.LIF([0.9, 0.8], threshold=thr),
             eqx.nn.Linear(n, 3, key=k[2])]
-
-
-class Integrator(AbstractStatefulLayer):
-    """A custom stateful layer (not a neuron: no step function): v <- 0.8 v + tanh(x)."""
-
-    def init_state(self, shape, key=None, *args, **kwargs):
-        return [jnp.zeros(shape)]
-
-    def __call__(self, state, synaptic_input, *, key=None):
-        v = 0.8 * state[0] + jnp.tanh(synaptic_input)
-        return [v], v
 
 
 class Counter(AbstractStatefulLayer):

@@ -19,8 +19,9 @@ from snnkern.kernels import dispatch
 from .planner import chain_step, float_input, neuron_step
 from .protocol import (call_layer, is_compound, is_neuron, is_stateful, keep_dtypes, layer_output, merge_inputs,
                        read_from_out)
-from .component_loop import Lagged, component_seq
+from .component_loop import component_seq
 from .types import Component, Kind, Path, Plan
+from .component_loop import Lagged
 
 __all__ = ["run_plan", "stateless_seq"]
 

@@ -15,7 +15,8 @@ Under ``jax.vmap`` (how snnax-style models run over a batch) one loop runs over 
 the step vmapped over its rows inside, so a weight's gradient is one contraction over the batch
 per step, accumulated once (vmap of a custom VJP would accumulate a per-example gradient). The
 loop is time-major (its sequences ``(T, B, ...)``, one contiguous slab per step), like the neuron
-loops around it, so a sequence passed between them is never transposed.
+loops, so a sequence passed between them needs no transposed copy (XLA on CPU still makes one of a
+sequence computed batch-major, e.g. a GEMM of the model input).
 """
 from __future__ import annotations
 

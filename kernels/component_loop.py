@@ -3,13 +3,20 @@
 
 ``step(dyn, state, x_t) -> (new_state, y_t)`` is one step of **one sample** (``dyn`` the array
 leaves it differentiates, ``state`` and ``x_t`` pytrees). The forward pass is one ``lax.scan``
-that stores only the state entering each step, binary entries (spikes) as ``bool``; the backward
-pass is a reverse scan that re-runs each step's VJP from that state. Autodiff of a scan would keep
-every intermediate of every step instead.
+that stores only the state entering each step, binary entries (spikes) as ``bool``, and not the
+entries the backward pass can recompute; the backward pass is a reverse scan that re-runs each
+step's VJP from that state. Autodiff of a scan would keep every intermediate of every step instead.
+
+``x_t`` is ``(now[t], lagged[t])``: ``now`` sequences are read at step t, ``lagged`` ones one step
+later (``first`` at step 0, then ``seq[t - 1]``) - a source's output read by a consumer, with no
+shifted copy of the sequence in the forward pass nor of its gradient in the backward pass.
 
 Under ``jax.vmap`` (how snnax-style models run over a batch) one loop runs over the whole batch,
 the step vmapped over its rows inside, so a weight's gradient is one contraction over the batch
-per step, accumulated once (vmap of a custom VJP would accumulate a per-example gradient).
+per step, accumulated once (vmap of a custom VJP would accumulate a per-example gradient). The
+loop is time-major (its sequences ``(T, B, ...)``, one contiguous slab per step), like the neuron
+loops, so a sequence passed between them needs no transposed copy (XLA on CPU still makes one of a
+sequence computed batch-major, e.g. a GEMM of the model input).
 """
 from __future__ import annotations
 
@@ -20,7 +27,6 @@ import jax.numpy as jnp
 from jax.custom_batching import custom_vmap
 
 from .common import keep_entry, restore_entry, vmap_is_innermost
-from .neuron_loop import scan_axis1
 
 __all__ = ["component_loop"]
 
@@ -34,14 +40,58 @@ def _restore(kept, state0, t, binary):
     return jax.tree.map(lambda k, s0, b: restore_entry(k, s0, t) if b else k, kept, state0, binary)
 
 
-def _batched_loop(step: Callable, binary, derived, dyn, state0, xs):
-    """Batch-major: ``state0`` a list of entries (pytrees, leaves (B, ...)), ``xs`` leaves (B, T, ...);
-    ``(final_state, ys)`` with ``ys`` leaves (B, T, ...). ``dyn`` is shared by all rows. Entry k
-    with ``derived[k]`` is not stored: the backward pass recomputes it from the previous step."""
-    T = jax.tree.leaves(xs)[0].shape[1]
+def _at(a, t):
+    return jax.lax.dynamic_index_in_dim(a, t, axis=0, keepdims=False)
 
-    def rows(d, s, xt):
-        return jax.vmap(lambda ss, xx: step(d, ss, xx))(s, xt)
+
+def _lagged_at(lag, first, t):
+    """The lagged inputs of step t: ``first`` at t = 0, else ``lag[t - 1]``."""
+    return jax.tree.map(lambda a, f: jnp.where(t == 0, f, _at(a, jnp.maximum(t - 1, 0)).astype(f.dtype)),
+                        lag, first)
+
+
+def _seed(tree):
+    """One element of the first array in ``tree``: a value that exists only once ``tree`` does."""
+    a = jax.tree.leaves(tree)[0]
+    return a[(0,) * a.ndim]
+
+
+def _filled(shape, dtype, seed):
+    """A buffer whose every entry the loop overwrites. Not ``zeros``: XLA shares one zero broadcast
+    among all such buffers of a program and materialises their copies at its start, so each would
+    hold memory through the whole program; a buffer made from a value of this loop's inputs exists
+    only from when they do."""
+    return jnp.broadcast_to(seed.astype(dtype), shape)
+
+
+def _scan(body, init, T: int, seed, reverse: bool = False):
+    """``lax.scan`` of ``body(carry, t) -> (carry, y_t)`` over t in [0, T): ``(carry, ys)``, each step's
+    ``y_t`` written in place into a (T, ...) buffer made by :func:`_filled` (a plain scan's output
+    buffers start as zeros)."""
+    y_aval = jax.eval_shape(lambda c: body(c, jnp.int32(0))[1], init)
+    bufs = jax.tree.map(lambda v: _filled((T,) + tuple(v.shape), v.dtype, seed), y_aval)
+
+    def step(carry, t):
+        c, out = carry
+        c, y = body(c, t)
+        out = jax.tree.map(lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v.astype(buf.dtype), t, 0), out, y)
+        return (c, out), None
+
+    (c, bufs), _ = jax.lax.scan(step, (init, bufs), jnp.arange(T), reverse=reverse)
+    return c, bufs
+
+
+def _loop(step: Callable, binary, derived, dyn, dyn_rows, state0, now, lag, first):
+    """Time-major: ``state0`` a list of entries (pytrees, leaves (B, ...)), ``now`` and ``lag``
+    leaves (T, B, ...), ``first`` ``lag``'s structure with leaves (B, ...); ``(final_state, ys)``
+    with ``ys`` leaves (T, B, ...). ``dyn`` is shared by all rows, ``dyn_rows`` has one copy per row
+    (leaves (B, ...)): its gradient is accumulated per row, elementwise, with no reduction inside a
+    step. Entry k with ``derived[k]`` is not stored: the backward pass recomputes it from the
+    previous step."""
+    T = jax.tree.leaves((now, lag))[0].shape[0]
+
+    def rows(d, dr, s, xt):
+        return jax.vmap(lambda r, ss, xx: step((d, r), ss, xx))(dr, s, xt)
 
     def keep(s):
         return [None if dv else _compress(e, b) for e, b, dv in zip(s, binary, derived)]
@@ -49,25 +99,28 @@ def _batched_loop(step: Callable, binary, derived, dyn, state0, xs):
     def restore(kept, s0, t):
         return [e0 if dv else _restore(k, e0, t, b) for k, e0, b, dv in zip(kept, s0, binary, derived)]
 
-    def run(d, s0, x, store):
-        def body(s, t, xt):
-            ns, y = rows(d, s, xt)
+    def x_at(x, lg, f, t):
+        return jax.tree.map(lambda a: _at(a, t), x), _lagged_at(lg, f, t)
+
+    def run(d, dr, s0, x, lg, f, store):
+        def body(s, t):
+            ns, y = rows(d, dr, s, x_at(x, lg, f, t))
             ns = jax.tree.map(lambda a, o: a.astype(o.dtype), ns, s)
             return ns, (y, keep(s) if store else None)
 
-        return scan_axis1(body, s0, x, T)
+        return _scan(body, s0, T, _seed((x, lg, s0)))
 
     @jax.custom_vjp
-    def loop(d, s0, x):
-        sT, (ys, _) = run(d, s0, x, False)
+    def loop(d, dr, s0, x, lg, f):
+        sT, (ys, _) = run(d, dr, s0, x, lg, f, False)
         return sT, ys
 
-    def fwd(d, s0, x):
-        sT, (ys, kept) = run(d, s0, x, True)
-        return (sT, ys), (d, s0, kept, x)
+    def fwd(d, dr, s0, x, lg, f):
+        sT, (ys, kept) = run(d, dr, s0, x, lg, f, True)
+        return (sT, ys), (d, dr, s0, kept, x, lg, f)
 
     def bwd(res, g):
-        d, s0, kept, x = res
+        d, dr, s0, kept, x, lg, f = res
         g_sT, g_ys = g
 
         def entering(t, k):
@@ -77,59 +130,93 @@ def _batched_loop(step: Callable, binary, derived, dyn, state0, xs):
             if not any(derived):
                 return s
             tp = jnp.maximum(t - 1, 0)
-            kp, xp = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, tp, axis=1, keepdims=False), (kept, x))
-            ns, _ = rows(d, restore(kp, s0, tp), xp)
+            kp = jax.tree.map(lambda a: _at(a, tp), kept)
+            ns, _ = rows(d, dr, restore(kp, s0, tp), x_at(x, lg, f, tp))
             return [jax.tree.map(lambda a, o: jnp.where(t == 0, o, a.astype(o.dtype)), n, e0) if dv else e
                     for e, n, e0, dv in zip(s, ns, s0, derived)]
 
-        def body(carry, t, inp):
-            g_s, g_d = carry
-            k, xt, gy = inp
-            _, vjp = jax.vjp(rows, d, entering(t, k), xt)
-            dd, ds, dx = vjp((g_s, gy))
-            return (ds, jax.tree.map(jnp.add, g_d, dd)), dx
+        def body(carry, t):
+            g_s, g_d, g_dr, g_lag = carry
+            k, gy = jax.tree.map(lambda a: _at(a, t), (kept, g_ys))
+            _, vjp = jax.vjp(rows, d, dr, entering(t, k), x_at(x, lg, f, t))
+            dd, ddr, ds, (dx, dlag) = vjp((g_s, gy))
+            # step t read lag[t - 1]: its gradient goes there, in place; step 0 read first, whose
+            # gradient parks in the slot of lag[T - 1] (which no step reads)
+            g_lag = jax.tree.map(lambda buf, v: jax.lax.dynamic_update_index_in_dim(
+                buf, v.astype(buf.dtype), (t + T - 1) % T, 0), g_lag, dlag)
+            return (ds, jax.tree.map(jnp.add, g_d, dd), jax.tree.map(jnp.add, g_dr, ddr), g_lag), dx
 
-        (g_s0, g_d), g_x = scan_axis1(body, (g_sT, jax.tree.map(jnp.zeros_like, d)), (kept, x, g_ys), T,
-                                       reverse=True)
-        return g_d, g_s0, g_x
+        seed = _seed((kept, x, lg, g_ys, g_sT))
+        init = (g_sT, jax.tree.map(jnp.zeros_like, d), jax.tree.map(jnp.zeros_like, dr),
+                jax.tree.map(lambda a: _filled(a.shape, a.dtype, seed), lg))
+        (g_s0, g_d, g_dr, g_lag), g_x = _scan(body, init, T, seed, reverse=True)
+        g_first = jax.tree.map(lambda a, f0: _at(a, T - 1).astype(f0.dtype), g_lag, f)
+        g_lag = jax.tree.map(lambda a: jax.lax.dynamic_update_index_in_dim(a, jnp.zeros_like(_at(a, T - 1)), T - 1, 0),
+                             g_lag)
+        return g_d, g_dr, g_s0, g_x, g_lag, g_first
 
     loop.defvjp(fwd, bwd)
-    return loop(dyn, state0, xs)
+    return loop(dyn, dyn_rows, state0, now, lag, first)
 
 
-def component_loop(step: Callable, dyn, state0: list, xs, binary, derived=None):
-    """Run ``step`` over the leading (time) axis of the sequences ``xs``: ``(final_state, ys)``.
+def component_loop(step: Callable, dyn, state0: list, xs, binary, derived=None, lagged=None, dyn_rows=None):
+    """Run ``step`` over the leading (time) axis of the sequences: ``(final_state, ys)``.
 
-    One sample: ``state0`` a pytree of arrays, ``xs`` a pytree of (T, ...) inexact sequences,
-    ``binary`` ``state0``'s structure with a Python bool per leaf (True: the entry is exactly 0/1,
-    stored as bool). ``derived``: a bool per entry of the list ``state0`` (True: not stored; the
-    backward pass recomputes it by re-running the previous step, so the new value of a derived
-    entry must depend only on the entries that are not derived, and on ``x_t``). Every leaf of
-    ``dyn``, ``state0``, ``xs`` and of the state and ``y`` that ``step`` returns must be inexact
-    (the planner checks). Gradients flow to ``dyn``, ``state0`` and ``xs``; ``step`` may close over
-    constants (keys, integer arrays)."""
+    One sample: ``state0`` a list of entries (pytrees of arrays); ``xs`` a pytree of (T, ...)
+    inexact sequences read at step t; ``lagged`` (optional) a pair ``(seqs, firsts)``: a pytree of
+    (T, ...) sequences read one step late, ``firsts[...]`` (same structure, one step's shape) at
+    step 0 and ``seqs[t - 1]`` at step t. ``step`` receives ``x_t = (xs[t], lagged_t)``.
+    ``binary``: ``state0``'s structure with a Python bool per leaf (True: the entry is exactly 0/1,
+    stored as bool). ``derived``: a bool per entry of ``state0`` (True: not stored; the backward
+    pass recomputes it by re-running the previous step, so the new value of a derived entry must
+    depend only on the entries that are not derived, and on ``x_t``). Every leaf of ``dyn``,
+    ``state0``, the sequences and of the state and ``y`` that ``step`` returns must be inexact (the
+    planner checks). Gradients flow to ``dyn``, ``state0`` and every sequence; ``step`` may close
+    over constants (keys, integer arrays). Without ``lagged``, ``step`` receives ``xs[t]`` alone.
+    ``dyn_rows`` (optional): arrays of one sample's shape that each batch row gets its own copy of
+    (a neuron's parameters broadcast to its shape), so that their gradient is accumulated
+    elementwise per row and reduced once after the loop (a reduction inside the step costs more
+    than the step on CPU); ``step`` then receives ``(dyn, dyn_rows)``."""
     derived = [False] * len(state0) if derived is None else list(derived)
+    lag, first = ([], []) if lagged is None else lagged
+    inner, has_rows, has_lag = step, dyn_rows is not None, lagged is not None
 
-    def one(d, s0, x):
-        add = lambda a: a[None]  # noqa: E731
-        sT, ys = _batched_loop(step, binary, derived, d, jax.tree.map(add, s0), jax.tree.map(add, x))
-        return jax.tree.map(lambda a: a[0], sT), jax.tree.map(lambda a: a[0], ys)
+    def step(d, s, xt):
+        return inner(d if has_rows else d[0], s, xt if has_lag else xt[0])
+
+    dyn_rows = () if dyn_rows is None else dyn_rows
+
+    def one(d, dr, s0, x, lg, f):
+        add0 = lambda a: a[None]  # noqa: E731
+        add1 = lambda a: a[:, None]  # noqa: E731
+        sT, ys = _loop(step, binary, derived, d, jax.tree.map(add0, dr), jax.tree.map(add0, s0),
+                       jax.tree.map(add1, x), jax.tree.map(add1, lg), jax.tree.map(add0, f))
+        return jax.tree.map(lambda a: a[0], sT), jax.tree.map(lambda a: a[:, 0], ys)
 
     loop = custom_vmap(one)
 
     @loop.def_vmap
-    def _batched(axis_size, in_batched, d, s0, x):
-        d_b, s0_b, x_b = in_batched
-        if any(jax.tree.leaves(d_b)):
+    def _batched(axis_size, in_batched, d, dr, s0, x, lg, f):
+        if any(jax.tree.leaves(in_batched[:2])):
             # per-example parameters (an ensemble): plain vmap of the one-sample loop
-            axes = jax.tree.map(lambda b: 0 if b else None, (d_b, s0_b, x_b))
-            out = jax.vmap(one, in_axes=axes)(d, s0, x)
+            axes = jax.tree.map(lambda b: 0 if b else None, tuple(in_batched))
+            out = jax.vmap(one, in_axes=axes)(d, dr, s0, x, lg, f)
         else:
-            full = lambda a, b: a if b else jnp.broadcast_to(a, (axis_size,) + a.shape)  # noqa: E731
-            out = _batched_loop(step, binary, derived, d, jax.tree.map(full, s0, s0_b), jax.tree.map(full, x, x_b))
+            def full(a, b):
+                return a if b else jnp.broadcast_to(a, (axis_size,) + a.shape)
+
+            def tm(a, b):   # batch-major as vmap hands it over -> time-major
+                return jnp.swapaxes(full(a, b), 0, 1)
+
+            _, dr_b, s0_b, x_b, lg_b, f_b = in_batched
+            # one copy of dyn_rows per row: broadcast here, so its gradient is summed over the batch
+            # once, after the loop
+            sT, ys = _loop(step, binary, derived, d, jax.tree.map(full, dr, dr_b), jax.tree.map(full, s0, s0_b),
+                           jax.tree.map(tm, x, x_b), jax.tree.map(tm, lg, lg_b), jax.tree.map(full, f, f_b))
+            out = (sT, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), ys))
         return out, jax.tree.map(lambda _: True, out)
 
     if not vmap_is_innermost():
         # no vmap, or vmap outside autodiff (per-example gradients): the one-sample custom VJP
-        return one(dyn, state0, xs)
-    return loop(dyn, state0, xs)
+        return one(dyn, dyn_rows, state0, xs, lag, first)
+    return loop(dyn, dyn_rows, state0, xs, lag, first)

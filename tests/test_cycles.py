@@ -8,6 +8,9 @@ over a batch and for one sample, with every spiking layer firing 2-98 % on the r
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path as _FsPath
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -19,8 +22,13 @@ from snnkern import snn
 from snnkern.plan import Kind, Path
 from snnkern.plan.protocol import AbstractStatefulLayer
 
-from helpers import (GRAD_ATOL, GRAD_RTOL, OUT_ATOL, OUT_RTOL, assert_fires, assert_trees_close, data,
-                     run_path, scale_linear)
+ROOT = _FsPath(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:          # `pytest` (not `python -m pytest`) does not put the root on the path
+    sys.path.insert(0, str(ROOT))
+
+from bench.cycles import Integrator  # noqa: E402  (a custom stateful layer: v <- 0.8 v + tanh(x))
+from helpers import (GRAD_ATOL, GRAD_RTOL, OUT_ATOL, OUT_RTOL, assert_fires, assert_trees_close,  # noqa: E402
+                     data, mixed_loss, run_path, scale_linear, under)
 
 N_IN, N = 6, 12
 
@@ -32,17 +40,6 @@ def _chain(key, n_in=N_IN, n=N, thr=0.1):
     return [eqx.nn.Linear(n_in, n, key=k[0]), snn.LIF([0.9, 0.8], threshold=thr),
             scale_linear(eqx.nn.Linear(n, n, key=k[1]), gain=8.0, shift=0.15), snn.LIF([0.9, 0.8], threshold=thr),
             eqx.nn.Linear(n, 3, key=k[2])]
-
-
-class Integrator(AbstractStatefulLayer):
-    """A custom stateful layer (not a neuron: no step function): v <- 0.8 v + tanh(x)."""
-
-    def init_state(self, shape, key=None, *args, **kwargs):
-        return [jnp.zeros(shape)]
-
-    def __call__(self, state, synaptic_input, *, key=None):
-        v = 0.8 * state[0] + jnp.tanh(synaptic_input)
-        return [v], v
 
 
 class Counter(AbstractStatefulLayer):
@@ -103,8 +100,8 @@ for _seed in range(2):
         _random_feedback(_seed))
 
 
-def _compare(model, x, key, batched, backend="xla"):
-    st = model.init_state(x.shape[-1:], key)
+def _compare(model, x, key, batched, backend="xla", st=None):
+    st = model.init_state(x.shape[-1:], key) if st is None else st
     assert_fires(model, st, x, key, batched=batched)
     ref = run_path("reference", model, st, x, key, batched=batched)
     got = run_path(backend, model, st, x, key, batched=batched)
@@ -113,6 +110,21 @@ def _compare(model, x, key, batched, backend="xla"):
     # relative to each leaf's largest entry: through a feedback loop some gradients grow to ~1e12 and
     # their small entries are rounding of sums taken in another order
     assert_trees_close(got[2], ref[2], GRAD_ATOL, GRAD_RTOL, "gradients", rel_to="leaf")
+
+
+def _random_state(model, shape, seed):
+    """An initial state with every entry non-zero: floats in [-0.5, 0.5), spike entries 0/1."""
+    from snnkern.plan.component_loop import binary_entries
+
+    rng = np.random.default_rng(seed)
+    st = model.init_state(shape, jax.random.PRNGKey(0))
+
+    def fill(a, binary):
+        if binary:
+            return jnp.asarray(rng.random(a.shape) < 0.4, a.dtype)
+        return jnp.asarray(rng.uniform(-0.5, 0.5, a.shape), a.dtype)
+
+    return [jax.tree.map(fill, s, binary_entries(layer, s)) for layer, s in zip(model.layers, st)]
 
 
 def _cycle_steps(plan):
@@ -134,6 +146,62 @@ def test_cycle_matches_reference_batched(name):
 def test_cycle_matches_reference_one_sample(name):
     key = jax.random.PRNGKey(5)
     _compare(MODELS[name](key), data((30, N_IN), seed=2, lo=0.0, hi=1.5), key, batched=False)
+
+
+def test_cycle_from_a_nonzero_initial_state():
+    """The loop reads an outside source (the Linear before the cycle) one step late from its
+    unshifted sequence: at step 0 the source's initial output. A user state with every entry
+    non-zero makes that value, and its gradient, count."""
+    key = jax.random.PRNGKey(7)
+    model = MODELS["multi-1-3"](key)
+    _compare(model, data((3, 24, N_IN), seed=4, lo=0.0, hi=1.5), key, batched=True,
+             st=_random_state(model, (N_IN,), seed=1))
+
+
+def test_cycle_ensemble():
+    """Two models vmapped together (per-example parameters: the batching rule vmaps the one-sample
+    loop, each model's neuron parameters with it): outputs and gradients equal the reference."""
+    keys = jax.random.split(jax.random.PRNGKey(8), 2)
+    model = MODELS["multi-1-3"](keys[0])
+    params, static = eqx.partition(eqx.filter_vmap(lambda k: MODELS["multi-1-3"](k))(keys), eqx.is_inexact_array)
+    st = model.init_state((N_IN,), keys[0])
+    xs = data((2, 12, N_IN), seed=5, lo=0.0, hi=1.5)
+    assert_fires(model, st, xs[0], keys[0])
+
+    def ensemble(p, x):   # one model per example
+        def loss(pp, xx):
+            finals, outs = eqx.combine(pp, static)(st, xx, keys[0])
+            return mixed_loss(finals, outs), outs
+
+        return jax.grad(lambda pp: (lambda r: (jnp.sum(r[0]), r[1]))(jax.vmap(loss)(pp, x)), has_aux=True)(p)
+
+    got, ref = (under(b, jax.jit(ensemble), params, xs) for b in ("xla", "reference"))
+    assert_trees_close(got[1], ref[1], OUT_ATOL, OUT_RTOL, "outputs")
+    assert_trees_close(got[0], ref[0], GRAD_ATOL, GRAD_RTOL, "gradients", rel_to="leaf")
+
+
+def test_component_loop_needs_no_more_memory_than_the_reference():
+    """The compiled fwd+bwd of the cycle {3: 1} (two neurons) without time checkpointing needs no
+    more temp memory on the planned path than on the reference path (memory_analysis, exact)."""
+    B, T, n = 4, 64, 32
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    model = snn.SequentialLocalFeedback(
+        [eqx.nn.Linear(n, n, key=k[0]), snn.LIF([0.95, 0.9], threshold=0.1), eqx.nn.Linear(n, n, key=k[1]),
+         snn.LIF([0.95, 0.9], threshold=0.1), eqx.nn.Linear(n, 10, key=k[2])], feedback_layers={3: 1})
+    st = model.init_state((n,), k[0])
+    x = jnp.asarray(np.random.default_rng(0).random((B, T, n)) < 0.3, jnp.float32)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def loss(p, xx):
+        _, outs = jax.vmap(lambda xb: eqx.combine(p, static)(st, xb, k[0]))(xx)
+        return sum(jnp.sum(o) for o in jax.tree.leaves(outs))
+
+    mem = {}
+    for backend in ("reference", "xla"):
+        with snnkern.backend(backend), snnkern.time_checkpoint(None):
+            c = jax.jit(jax.grad(loss)).lower(params, x).compile()
+        mem[backend] = c.memory_analysis().temp_size_in_bytes
+    assert 0 < mem["xla"] <= mem["reference"], mem
 
 
 def test_cycle_under_pallas_interpret():

@@ -22,6 +22,7 @@ from .protocol import (call_layer, is_compound, is_neuron, is_stateful, keep_dty
 from .chains import is_vector_linear
 from .component_loop import component_seq
 from .types import Component, Kind, Path, Plan
+from .component_loop import Lagged
 
 __all__ = ["run_plan", "stateless_seq"]
 
@@ -102,11 +103,17 @@ class _Run:
             self.shifted[j] = _shift(self.reads[j], self.init_read[j])
         return self.shifted[j]
 
-    def inputs_from_outside(self, i, comp_ids):
-        """Sequences of layer i's inputs; None for sources inside its own component."""
+    def inputs_from_outside(self, i, comp_ids, lagged=False):
+        """Sequences of layer i's inputs; None for sources inside its own component. ``lagged``: a
+        source with no shifted copy yet as a :class:`Lagged` (its reads, read one step late)."""
         seqs = [self.xs[e] for e in self.struct.input_layer_ids[i]]
         for j in self.struct.input_connectivity[i]:
-            seqs.append(None if j in comp_ids else self.read_shifted(j))
+            if j in comp_ids:
+                seqs.append(None)
+            elif lagged and j not in self.shifted:
+                seqs.append(Lagged(self.reads[j], self.init_read[j]))
+            else:
+                seqs.append(self.read_shifted(j))
         return seqs
 
     def neuron(self, comp: Component):
@@ -165,9 +172,9 @@ class _Run:
         outputs of the previous step from the carry and its outside inputs (external inputs,
         shifted outside sources: whole sequences) at the current step."""
         ids, struct, layers = comp.layers, self.struct, self.layers
-        outside = {i: self.inputs_from_outside(i, ids) for i in ids}
         pos = {i: k for k, i in enumerate(ids)}
         if comp.steps[0].path is not Path.COMPONENT_LOOP:
+            outside = {i: self.inputs_from_outside(i, ids) for i in ids}
             def inputs_of(xt, carry):
                 merged = []
                 for i in ids:
@@ -184,9 +191,10 @@ class _Run:
             for k, i in enumerate(ids):
                 self.finals[i], self.outs[i], self.reads[i] = f[k], o[k], r[k]
             return
+        outside = {i: self.inputs_from_outside(i, ids, lagged=True) for i in ids}
         f, o, r = component_seq(ids, [layers[i] for i in ids], [self.states[i] for i in ids],
-                                [[float_input(v) if v is not None else None for v in outside[i]] for i in ids],
-                                [self.keys[i] for i in ids], struct, set(struct.final_layer_ids))
+                                [outside[i] for i in ids], [self.keys[i] for i in ids], struct,
+                                set(struct.final_layer_ids))
         for k, i in enumerate(ids):
             self.finals[i], self.outs[i] = f[k], o[k]
             if r[k] is not None:

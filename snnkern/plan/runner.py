@@ -20,6 +20,7 @@ from .planner import chain_step, float_input, neuron_step
 from .protocol import (call_layer, is_compound, is_neuron, is_stateful, keep_dtypes, layer_output, merge_inputs,
                        read_from_out)
 from .component_loop import component_seq
+from .delay_loop import delay_seq
 from .types import Component, Kind, Path, Plan
 
 __all__ = ["run_plan", "stateless_seq"]
@@ -161,6 +162,8 @@ class _Run:
         ids, struct, layers = comp.layers, self.struct, self.layers
         outside = {i: self.inputs_from_outside(i, ids) for i in ids}
         pos = {i: k for k, i in enumerate(ids)}
+        if comp.steps[0].path is Path.DELAY_LOOP:
+            return delay_seq(self, comp, stateless_seq, _shift, float_input, neuron_step)
         if comp.steps[0].path is not Path.COMPONENT_LOOP:
             def inputs_of(xt, carry):
                 merged = []

@@ -9,9 +9,10 @@ seeded with zeros (``s_{-1}`` is the initial state; what the cycle's layers star
 part of ``c``, docs/plans.md "How cycles run"). With ``d = 1`` it is the recurrent compound's
 recurrence (:func:`.neuron_loop.recurrent_batched`) without a bias.
 
-The forward stores the state entering each step without its last entry (spikes as ``bool``), the
-current and the one-step-shifted outputs ``reads`` (a primal output). The backward is a reverse
-loop of each step's VJP; the recurrent cotangent ``dI_t W`` of ``s_{t-d}`` waits in a ring of
+The forward stores the state entering each step without its last entry (spikes as ``bool``) and
+the one-step-shifted outputs ``reads`` (a primal output); with the input ``c`` that is all the
+backward needs: a reverse loop of each step's VJP, the current ``c_t + W s_{t-d}`` recomputed (not
+stored: one (B, T, n) array less for one small GEMM per step). The recurrent cotangent ``dI_t W`` of ``s_{t-d}`` waits in a ring of
 ``d - 1`` arrays until the reverse loop reaches the step that made ``s_{t-d}``; ``dW`` is one GEMM
 after the loop, over the ``d``-shifted outputs.
 """
@@ -56,29 +57,33 @@ def delay_batched(step: Step, dyn, static, w: Optional[jax.Array], state0: list,
             i_t = ct + _feed(w, ring[0] if ring else s[-1]).astype(ct.dtype)
             ns, out = grads.apply(dd, s, i_t)
             ns = [a.astype(o.dtype) for a, o in zip(ns, s)]
-            return (ns, (ring[1:] + [s[-1]]) if ring else ring), (out if want_out else None, i_t if keep else None, s[-1],
-                                              compress(s[:-1], spike_idx) if keep else None)
+            return (ns, (ring[1:] + [s[-1]]) if ring else ring), (out if want_out else None, s[-1],
+                                                                  compress(s[:-1], spike_idx) if keep else None)
 
         (sT, _), ys = scan_axis1(body, (list(s0), ring0), x, T)
         return sT, ys
 
     @jax.custom_vjp
     def loop(dd, w, s0, x):
-        sT, (outs, _, reads, _) = run(dd, w, s0, x, False)
+        sT, (outs, reads, _) = run(dd, w, s0, x, False)
         return sT, outs, reads
 
     def fwd(dd, w, s0, x):
-        sT, (outs, cur, reads, s_in) = run(dd, w, s0, x, True)
-        return (sT, outs, reads), (dd, w, list(s0), s_in, cur, reads)
+        sT, (outs, reads, s_in) = run(dd, w, s0, x, True)
+        return (sT, outs, reads), (dd, w, list(s0), s_in, x, reads)
 
     def bwd(res, g):
-        dd, w, s0, s_in, cur, reads = res
+        dd, w, s0, s_in, x, reads = res
         g_sT, g_outs, g_reads = g
 
         def body(carry, t, inp):
             g_s, g_d, pending = carry           # pending: dI_{t+1} W, ..., dI_{t+d-1} W
-            s, i_t, rd, g_out, g_rd = inp
+            s, ct, rd, g_out, g_rd = inp
             s = restore(s, s0, t, spike_idx) + [rd]
+            # I_t again (cheaper than storing it): s_{t-d} = reads[:, t-d+1], the zero seeds before
+            back_t = jax.lax.dynamic_index_in_dim(reads, jnp.maximum(t - d + 1, 0), axis=1, keepdims=False)
+            back_t = jnp.where(t >= d - 1, back_t, jnp.zeros_like(back_t))
+            i_t = ct + _feed(w, back_t).astype(ct.dtype)
             cot_out = g_out if want_out else jnp.zeros_like(i_t, dtype=g_s[-1].dtype)
             ddd, ds, di = grads.vjp(dd, s, i_t, (g_s, cot_out))
             back = _feed(None if w is None else w.T, di)    # dI_t W: the cotangent of s_{t-d}
@@ -90,9 +95,9 @@ def delay_batched(step: Step, dyn, static, w: Optional[jax.Array], state0: list,
                 ds[-1] = ds[-1] + back.astype(ds[-1].dtype) + g_rd
             return (ds, jax.tree.map(jnp.add, g_d, ddd), pending), di
 
-        pending0 = [jnp.zeros_like(cur[:, 0]) for _ in range(d - 1)]
+        pending0 = [jnp.zeros_like(x[:, 0]) for _ in range(d - 1)]
         (g_s0, g_d, _), g_i = scan_axis1(body, (list(g_sT), grads.zeros(dd), pending0),
-                                          (s_in, cur, reads, g_outs, g_reads), T, reverse=True)
+                                          (s_in, x, reads, g_outs, g_reads), T, reverse=True)
         g_w = None
         if w is not None:
             # I_t = c_t + W s_{t-d}, s_{t-d} = reads[:, t-d+1]; before step d-1 the ring seeds are zeros

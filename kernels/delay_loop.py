@@ -12,9 +12,9 @@ recurrence (:func:`.neuron_loop.recurrent_batched`) without a bias.
 The forward stores the state entering each step without its last entry (spikes as ``bool``) and
 the one-step-shifted outputs ``reads`` (a primal output); with the input ``c`` that is all the
 backward needs: a reverse loop of each step's VJP, the current ``c_t + W s_{t-d}`` recomputed (not
-stored: one (B, T, n) array less for one small GEMM per step). The recurrent cotangent ``dI_t W`` of ``s_{t-d}`` waits in a ring of
-``d - 1`` arrays until the reverse loop reaches the step that made ``s_{t-d}``; ``dW`` is one GEMM
-after the loop, over the ``d``-shifted outputs.
+stored: one (B, T, n) array less for one small GEMM per step). The recurrent cotangent ``dI_t W``
+of ``s_{t-d}`` waits in a ring of ``d - 1`` arrays until the reverse loop reaches the step that made
+``s_{t-d}``; ``dW`` is one GEMM after the loop, over the ``d``-shifted outputs.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 from .tiling import NeuronTiling, RecTiling
 
-__all__ = ["Impl", "NeuronLoopSpec", "RecurrentLoopSpec"]
+__all__ = ["Impl", "NeuronLoopSpec", "RecurrentLoopSpec", "DelayLoopSpec"]
 
 
 class Impl(str, enum.Enum):
@@ -74,3 +74,19 @@ class RecurrentLoopSpec:
         if self.w_note:
             return _describe(self, ", " + self.w_note)
         return _describe(self, ", W_rec on chip" if self.resident_w else ", W_rec read per step")
+
+
+@dataclasses.dataclass(frozen=True)
+class DelayLoopSpec:
+    """A neuron fed back its own output ``delay`` steps late through a cycle of affine stateless
+    layers (``I_t = c_t + W s_{t-delay}``, ``kernels/delay_loop.py``). XLA only: the Pallas
+    recurrent kernel is not extended to delays (``tiling`` is always None)."""
+
+    impl: Impl
+    delay: int = 1
+    spike_idx: Tuple[int, ...] = ()
+    want_out: bool = True
+    tiling: None = None
+
+    def describe(self) -> str:
+        return f"{self.impl}, delay {self.delay}"

@@ -19,7 +19,7 @@ import pytest
 
 import snnkern
 from snnkern import snn
-from snnkern.plan import Kind, Path
+from snnkern.plan import Impl, Kind, Path
 from snnkern.plan.protocol import AbstractStatefulLayer
 
 ROOT = _FsPath(__file__).resolve().parent.parent
@@ -137,7 +137,9 @@ def test_cycle_matches_reference_batched(name):
     model = MODELS[name](key)
     plan = snnkern.explain(model, (N_IN,))
     cyc = _cycle_steps(plan)
-    assert cyc and all(s.path is Path.COMPONENT_LOOP for s in cyc), str(plan)
+    # a single-neuron cycle of affine layers is the delay loop (tests/test_delay_loop.py)
+    assert cyc and all(s.path in (Path.COMPONENT_LOOP, Path.DELAY_LOOP) for s in cyc), str(plan)
+    assert any(s.path is Path.DELAY_LOOP for s in cyc) == (name in ("cross-2-3", "self-1", "random-1")), str(plan)
     assert not [s for s in plan.steps if s.path in (Path.SCAN, Path.COMPONENT_SCAN)], str(plan)
     _compare(model, data((3, 24, N_IN), seed=1, lo=0.0, hi=1.5), key, batched=True)
 
@@ -205,13 +207,13 @@ def test_component_loop_needs_no_more_memory_than_the_reference():
 
 
 def test_cycle_under_pallas_interpret():
-    # the neurons outside the cycle take the interpreted kernel; the cycle its XLA component loop
+    # the neurons outside the cycle take the interpreted kernel; the cycle its XLA delay loop
     key = jax.random.PRNGKey(3)
     model = MODELS["cross-2-3"](key)
     with snnkern.backend("pallas-interpret"):
         plan = snnkern.explain(model, (N_IN,))
     assert [s.impl.value for s in plan.steps if s.path is Path.NEURON_LOOP] == ["pallas-interpret"], str(plan)
-    assert [s.path for s in _cycle_steps(plan)] == [Path.COMPONENT_LOOP]
+    assert [(s.path, s.impl) for s in _cycle_steps(plan)] == [(Path.DELAY_LOOP, Impl.XLA)], str(plan)
     _compare(model, data((2, 12, N_IN), seed=1, lo=0.0, hi=1.5), key, batched=True, backend="pallas-interpret")
 
 
@@ -293,14 +295,22 @@ def test_dropout_in_a_recurrent_chain(inference, backend):
 
 @pytest.mark.parametrize("name,delay", [("self-1", 1), ("cross-2-3", 2), ("delay-3", 3)])
 def test_single_neuron_cycles_are_delayed_recurrences(name, delay):
-    """A cycle of stateless layers through one neuron is planned with no fallback (strict mode does
-    not raise), and explain() names its delay."""
+    """A cycle of stateless layers through one neuron is a recurrence with a delay: explain() names
+    it. With at most one Linear it is the delay loop, no fallback (strict mode does not raise); the
+    delay-3 cycle has two Linears and stays on the component loop with the reason."""
     key = jax.random.PRNGKey(3)
     model = MODELS[name](key)
+    if name == "delay-3":
+        (step,) = _cycle_steps(snnkern.explain(model, (N_IN,)))
+        assert step.path is Path.COMPONENT_LOOP and "2 Linears in the cycle" in step.reason, step
+        assert f"a recurrence through one neuron, delay {delay}" in step.where
+        with snnkern.strict(), pytest.raises(snnkern.FallbackError, match="2 Linears"):
+            snnkern.explain(model, (N_IN,))
+        return
     with snnkern.strict():
         plan = snnkern.explain(model, (N_IN,))
         (step,) = _cycle_steps(plan)
-        assert step.path is Path.COMPONENT_LOOP and step.reason is None and not plan.fallbacks, str(plan)
+        assert step.path is Path.DELAY_LOOP and step.reason is None and not plan.fallbacks, str(plan)
         assert f"a recurrence through one neuron, delay {delay}" in step.where
         # a traced call raises on any fallback here (its equivalence: test_cycle_matches_reference_batched)
         outs = eqx.filter_jit(model)(model.init_state((N_IN,), key), data((8, N_IN), seed=1), key)[1]

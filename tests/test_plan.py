@@ -238,9 +238,9 @@ def test_explain_self_loop_on_a_neuron_is_a_cycle():
     model = snn.SequentialLocalFeedback([eqx.nn.Linear(3, 4, key=k[0]), snn.LIF([0.8, 0.7])], feedback_layers={1: 1})
     plan = snnkern.explain(model, (3,))
     assert [(c.layers, c.cyclic, c.kind) for c in plan.components] == [((0,), False, "stateless"), ((1,), True, "cycle")]
-    # a recurrence of the neuron with delay 1: the component loop, no fallback (tests/test_cycles.py)
+    # a recurrence of the neuron with delay 1: the delay loop, no fallback (tests/test_delay_loop.py)
     step = plan.components[1].steps[0]
-    assert step.path is Path.COMPONENT_LOOP and step.reason is None and "delay 1" in step.where
+    assert step.path is Path.DELAY_LOOP and step.reason is None and "delay 1" in step.where
 
 
 @pytest.mark.parametrize("build, word", [(custom_forward_model, "forward_fn"), (custom_loop_model, "loop_fn")])

@@ -17,7 +17,7 @@ import pytest
 import snnkern
 from snnkern import snn
 from snnkern.kernels import pallas_neuron as PN
-from snnkern.kernels.spec import Impl, NeuronLoopSpec, RecurrentLoopSpec
+from snnkern.kernels.spec import DelayLoopSpec, Impl, NeuronLoopSpec, RecurrentLoopSpec
 from snnkern.plan import Kind, Path, PlanPath, recorded_plans
 from snnkern.plan.protocol import AbstractNeuron, is_neuron
 from snnkern.snn.layers.stateful import Neuron
@@ -143,10 +143,12 @@ def test_traced_plan_equals_explain(build, backend, platform):
     loops = [s for s in expected.steps if s.path.is_loop]
     assert loops
     for s in loops:
-        assert isinstance(s.spec, NeuronLoopSpec if s.path is Path.NEURON_LOOP else RecurrentLoopSpec)
+        assert isinstance(s.spec, {Path.NEURON_LOOP: NeuronLoopSpec, Path.RECURRENT_LOOP: RecurrentLoopSpec,
+                                   Path.DELAY_LOOP: DelayLoopSpec}[s.path])
         # a Pallas spec always carries its tiling; an XLA one never does; a fallback says why
         assert (s.spec.tiling is not None) == s.impl.is_pallas
-        if backend in ("pallas", "pallas-interpret") and s.impl is Impl.XLA:
+        # (the delay loop is XLA on every platform: its planned path, not a fallback)
+        if backend in ("pallas", "pallas-interpret") and s.impl is Impl.XLA and s.path is not Path.DELAY_LOOP:
             assert s.reason, f"{s.where}: fell back to XLA without a reason"
     kernels_possible = backend == "pallas-interpret" or (backend in ("pallas", "auto") and platform != "cpu")
     if kernels_possible:

@@ -17,9 +17,11 @@ import jax
 import jax.numpy as jnp
 
 from snnkern.kernels import dispatch
+from snnkern.kernels.delay_loop import plan_delay_loop
 
 from .chains import chains, is_vector_linear
 from .component_loop import component_loop_unsupported
+from .delay_loop import cycle_order, delay_unsupported, delay_where
 from .graph import components
 from .protocol import (call_layer, is_compound, is_neuron, is_stateful, keep_dtypes, layer_output, merge_inputs,
                        takes_input_list)
@@ -217,9 +219,17 @@ class _Planner:
                              (Step(names, Path.COMPONENT_SCAN, tuple(ids), reason=reason),))
         delay = self.delay_through_one_neuron(ids)
         if delay is not None:
-            # a recurrence of the neuron with a delay: the component loop is its path (no fallback)
+            # a recurrence of the neuron with a delay: the delay loop where the cycle is affine
+            nid, chain = cycle_order(struct, ids, layers)
+            why = delay_unsupported(struct, ids, layers, self.merged_input(nid), self.reads[nid])
+            if why is None:
+                spec = plan_delay_loop(delay, layers[nid].binary_state_entries(), want_out=nid in self.final)
+                return Component(tuple(ids), True, Kind.CYCLE, (
+                    Step(delay_where(ids, layers, chain, nid, delay), Path.DELAY_LOOP, tuple(ids), spec),))
             where = f"{names}: a recurrence through one neuron, delay {delay}"
-            return Component(tuple(ids), True, Kind.CYCLE, (Step(where, Path.COMPONENT_LOOP, tuple(ids)),))
+            reason = dispatch.fallback(where, "component loop", why)
+            return Component(tuple(ids), True, Kind.CYCLE, (Step(where, Path.COMPONENT_LOOP, tuple(ids),
+                                                                 reason=reason),))
         reason = dispatch.fallback(names, "component loop", f"{why} (no fused kernel)")
         return Component(tuple(ids), True, Kind.CYCLE, (Step(names, Path.COMPONENT_LOOP, tuple(ids), reason=reason),))
 

@@ -21,6 +21,7 @@ from .protocol import (call_layer, is_compound, is_neuron, is_stateful, keep_dty
                        read_from_out)
 from .chains import is_vector_linear
 from .component_loop import component_seq
+from .delay_loop import delay_seq
 from .types import Component, Kind, Path, Plan
 from .component_loop import Lagged
 
@@ -173,6 +174,8 @@ class _Run:
         shifted outside sources: whole sequences) at the current step."""
         ids, struct, layers = comp.layers, self.struct, self.layers
         pos = {i: k for k, i in enumerate(ids)}
+        if comp.steps[0].path is Path.DELAY_LOOP:
+            return delay_seq(self, comp, stateless_seq, _shift, float_input, neuron_step)
         if comp.steps[0].path is not Path.COMPONENT_LOOP:
             outside = {i: self.inputs_from_outside(i, ids) for i in ids}
             def inputs_of(xt, carry):

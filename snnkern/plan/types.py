@@ -10,11 +10,11 @@ import enum
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple, Union
 
-from snnkern.kernels.spec import Impl, NeuronLoopSpec, RecurrentLoopSpec
+from snnkern.kernels.spec import DelayLoopSpec, Impl, NeuronLoopSpec, RecurrentLoopSpec
 
 __all__ = ["Kind", "Path", "PlanPath", "Step", "Component", "Plan", "Impl", "LoopSpec"]
 
-LoopSpec = Union[NeuronLoopSpec, RecurrentLoopSpec]
+LoopSpec = Union[NeuronLoopSpec, RecurrentLoopSpec, DelayLoopSpec]
 
 
 class PlanPath(str, enum.Enum):
@@ -49,11 +49,12 @@ class Path(str, enum.Enum):
     SCAN = "scan (autodiff)"
     COMPONENT_SCAN = "scan of the component (autodiff)"
     COMPONENT_LOOP = "component loop (custom VJP)"
+    DELAY_LOOP = "delay loop (custom VJP)"          # a cycle of affine layers through one neuron
 
     @property
     def is_loop(self) -> bool:
         """A fused time loop with a hand-written backward pass."""
-        return self in (Path.NEURON_LOOP, Path.RECURRENT_LOOP)
+        return self in (Path.NEURON_LOOP, Path.RECURRENT_LOOP, Path.DELAY_LOOP)
 
     def __str__(self) -> str:
         return self.value

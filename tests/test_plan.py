@@ -174,6 +174,9 @@ def test_explain_names_recurrent_chains_and_cycles():
                                                 input_connectivity=[[], [0], [0]]),
                              [eqx.nn.Linear(3, 4, key=k[0]), snn.LIF([0.8, 0.7]), snn.LIF([0.8, 0.7])])
     assert snnkern.explain(fork, (3,)).chains == ()
+    one = snnkern.explain(snn.SequentialLocalFeedback(layers, feedback_layers={3: 2}), (3,))
+    assert one.chains[-1] == ("layers 2-3: Linear -> LIF: a recurrence through one neuron, delay 2: GEMM over T·B rows"
+                              " + fused delay-2 loop (xla)")
 
 
 def test_explain_default_backend_on_cpu_is_xla_without_fallback():

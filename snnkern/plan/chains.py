@@ -5,7 +5,9 @@
   layers feeding one neuron, each read only by the next one;
 - ``layer 1: recurrent chain Parallel([Linear, Linear_rec]) -> LayerNorm -> LIFSoftReset: GEMM over
   T·B rows + fused recurrent loop (pallas, ...)``: a recurrent compound;
-- cycles with what runs them (a single neuron's with its delay).
+- cycles with what runs them: ``layers 2-3: Linear -> LIF: a recurrence through one neuron, delay 2:
+  GEMM over T·B rows + fused delay-2 loop (xla)``, ``layers 1-3: cycle of LIF, Linear, LIF: component
+  loop (custom VJP)``.
 """
 from __future__ import annotations
 
@@ -67,6 +69,8 @@ def chains(struct, layers: Sequence, comps: Sequence[Component]) -> Tuple[str, .
     for c in comps:
         if c.kind is Kind.RECURRENT:
             out.append(_recurrent(c.layers[0], layers[c.layers[0]], c))
+        elif c.cyclic and c.steps[-1].path is Path.DELAY_LOOP:
+            out.append(c.steps[-1].where)      # already the chain's line (plan/delay_loop.py)
         elif c.cyclic:
             main = c.steps[-1]
             what = main.where.split(": ", 1)[1] if ": " in main.where else ""

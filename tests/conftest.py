@@ -58,3 +58,12 @@ def keys():
 def rng():
     """A fixed numpy generator for input data."""
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_jax_caches():
+    """Drop JAX's compiled programs and traces after each test module: one `make test` process
+    compiles thousands of programs, and holding them all made XLA's compiler crash (a segfault while
+    compiling a small scan, ~99 % through the suite, once); each module starts from empty caches."""
+    yield
+    jax.clear_caches()

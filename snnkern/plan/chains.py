@@ -18,7 +18,7 @@ import equinox as eqx
 from .protocol import is_compound, is_neuron, is_stateful
 from .types import Component, Kind, Path, Step
 
-__all__ = ["chains", "is_vector_linear"]
+__all__ = ["chains", "is_vector_linear", "span"]
 
 
 def is_vector_linear(layer) -> bool:
@@ -27,7 +27,8 @@ def is_vector_linear(layer) -> bool:
             and layer.out_features != "scalar")
 
 
-def _span(ids: Sequence[int]) -> str:
+def span(ids: Sequence[int]) -> str:
+    """``layer 3``, ``layers 2-4`` (consecutive) or ``layers 1, 3``."""
     ids = sorted(ids)
     if len(ids) == 1:
         return f"layer {ids[0]}"
@@ -44,8 +45,8 @@ def _loop(step: Step) -> str:
     return text + (" - a fallback, see above" if step.reason else "")
 
 
-def _stateless(layer) -> str:
-    return "GEMM over T·B rows" if is_vector_linear(layer) else f"{type(layer).__name__} over all T·B rows"
+def _stateless(layer, step: Step) -> str:
+    return "GEMM over T·B rows" if step.path is Path.GEMM else f"{type(layer).__name__} over all T·B rows"
 
 
 def _recurrent(i: int, layer, comp: Component) -> str:
@@ -54,7 +55,7 @@ def _recurrent(i: int, layer, comp: Component) -> str:
     branches[-1] += "_rec"
     names = " -> ".join([f"Parallel([{', '.join(branches)}])"] + [type(m).__name__ for m in mids])
     loop = next(s for s in comp.steps if s.path is Path.RECURRENT_LOOP)
-    return f"{_span([i])}: recurrent chain {names}: GEMM over T·B rows + {_loop(loop)}"
+    return f"{span([i])}: recurrent chain {names}: GEMM over T·B rows + {_loop(loop)}"
 
 
 def chains(struct, layers: Sequence, comps: Sequence[Component]) -> Tuple[str, ...]:
@@ -76,7 +77,7 @@ def chains(struct, layers: Sequence, comps: Sequence[Component]) -> Tuple[str, .
             what = main.where.split(": ", 1)[1] if ": " in main.where else ""
             names = ", ".join(type(layers[i]).__name__ for i in c.layers)
             fb = " - a fallback, see above" if main.reason else ""
-            out.append(f"{_span(c.layers)}: cycle of {names}{f' ({what})' if what else ''}: {main.describe()}{fb}")
+            out.append(f"{span(c.layers)}: cycle of {names}{f' ({what})' if what else ''}: {main.describe()}{fb}")
         elif c.kind is Kind.NEURON:
             (i,) = c.layers
             run = [i]
@@ -93,13 +94,13 @@ def chains(struct, layers: Sequence, comps: Sequence[Component]) -> Tuple[str, .
                 continue
             taken.update(run)
             names = " -> ".join(type(layers[k]).__name__ for k in run)
-            parts = [_stateless(layers[k]) for k in run[:-1]] + [_loop(c.steps[-1])]
-            out.append(f"{_span(run)}: {names} chain: {' + '.join(parts)}")
+            parts = [_stateless(layers[k], comp_of[k].steps[0]) for k in run[:-1]] + [_loop(c.steps[-1])]
+            out.append(f"{span(run)}: {names} chain: {' + '.join(parts)}")
         elif c.kind is Kind.COMPOUND:
             (i,) = c.layers
             subs = layers[i].layers
             if any(is_neuron(s) for s in subs) and not any(is_compound(s) for s in subs):
                 names = " -> ".join(type(s).__name__ for s in subs)
-                parts = [_stateless(s) if not is_stateful(s) else _loop(st) for s, st in zip(subs, c.steps)]
-                out.append(f"{_span([i])}: {names} chain (a CompoundLayer): {' + '.join(parts)}")
+                parts = [_stateless(s, st) if not is_stateful(s) else _loop(st) for s, st in zip(subs, c.steps)]
+                out.append(f"{span([i])}: {names} chain (a CompoundLayer): {' + '.join(parts)}")
     return tuple(out)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from snnkern.kernels.delay_loop import run_delay_loop
 
+from .chains import span
 from .protocol import is_neuron
 
 __all__ = ["cycle_order", "delay_unsupported", "delay_where", "linear_position", "delay_seq"]
@@ -81,12 +82,9 @@ def delay_unsupported(struct, ids, layers, neuron_in, neuron_read) -> Optional[s
 def delay_where(ids, layers, chain, nid, delay: int) -> str:
     """The plan's description of the step, e.g. ``layers 2-3: Linear -> LIF: a recurrence through
     one neuron, delay 2: GEMM over T·B rows + fused delay-2 loop (xla)``."""
-    s = sorted(ids)
-    span = (f"layer {s[0]}" if len(s) == 1 else f"layers {s[0]}-{s[-1]}" if s[-1] - s[0] == len(s) - 1
-            else "layers " + ", ".join(map(str, s)))
     kinds = " -> ".join(type(layers[i]).__name__ for i in chain + [nid])
     gemm = "GEMM over T·B rows + " if linear_position(chain, layers) else ""
-    return f"{span}: {kinds}: a recurrence through one neuron, delay {delay}: {gemm}fused delay-{delay} loop (xla)"
+    return f"{span(ids)}: {kinds}: a recurrence through one neuron, delay {delay}: {gemm}fused delay-{delay} loop (xla)"
 
 
 def _sum(vals):

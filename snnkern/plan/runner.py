@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jrand
@@ -20,10 +19,9 @@ from .planner import chain_step, float_input, neuron_step
 from .protocol import (call_layer, is_compound, is_neuron, is_stateful, keep_dtypes, layer_output, merge_inputs,
                        read_from_out)
 from .chains import is_vector_linear
-from .component_loop import component_seq
+from .component_loop import Lagged, component_seq
 from .delay_loop import delay_seq
 from .types import Component, Kind, Path, Plan
-from .component_loop import Lagged
 
 __all__ = ["run_plan", "stateless_seq"]
 
@@ -35,13 +33,18 @@ def _shift(seq, first):
     return jnp.concatenate([first[None], seq[:-1].astype(first.dtype)], axis=0)
 
 
+def gemm_seq(inp, weight):
+    """``inp @ weight^T`` over the last axis: one GEMM over all rows, in the sequence's layout."""
+    return jnp.einsum("...i,oi->...o", inp, weight)
+
+
 def stateless_seq(layer, inp, key):
     """A stateless layer applied at every step at once (one batched call; the same key each step).
 
     A vector ``eqx.nn.Linear`` is one matmul over the last axis, which keeps whatever layout the
     sequence has (time-major under ``vmap``): no transposes between GEMMs and time loops."""
     if is_vector_linear(layer) and not isinstance(inp, (list, tuple)):
-        out = jnp.einsum("...i,oi->...o", inp, layer.weight)
+        out = gemm_seq(inp, layer.weight)
         return out + layer.bias if layer.bias is not None else out
     return jax.vmap(lambda x: layer(x, key=key))(inp)
 
@@ -148,7 +151,7 @@ class _Run:
         ff, bias = None, par.layers[-1].bias
         for b, seq, k in zip(par.layers[:-1], self.inputs_from_outside(i, comp.layers)[:-1], branch_keys):
             if is_vector_linear(b) and b.bias is not None and not isinstance(seq, (list, tuple)):
-                o = stateless_seq(eqx.tree_at(lambda m: m.bias, b, None, is_leaf=lambda x: x is None), seq, k)
+                o = gemm_seq(seq, b.weight)
                 bias = b.bias if bias is None else bias + b.bias
             else:
                 o = stateless_seq(b, seq, k)

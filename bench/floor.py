@@ -2,9 +2,9 @@
 
 Walking the model's layers in order, each ``Linear`` is one GEMM over all T*B rows (``x @ W^T``;
 backward ``dW = g^T x`` and, unless it reads the external input, ``dX = g W``), each neuron is the
-XLA neuron loop the planned path runs (``dispatch.run_neuron_loop`` with the spec ``explain()``
+XLA neuron loop the planned path runs (``NeuronLoop.loop`` of the spec ``explain()``
 gives, vmapped over the batch like the model), and each recurrent compound is its feed-forward
-GEMM(s) plus the recurrent loop (``dispatch.run_recurrent_loop``). The inputs of every part are the
+GEMM(s) plus the recurrent loop (``RecurrentLoop.loop``). The inputs of every part are the
 values the model computes (so the neurons spike as in the model). ``floor_fwd`` is the sum of the
 forward parts, ``floor_fwdbwd`` the sum of the GEMMs' forward and backward and the loops'
 forward+backward: a path at 1.0x of it spends nothing besides its parts.
@@ -19,8 +19,8 @@ import jax.numpy as jnp
 
 import snnkern
 from snnkern import snn
-from snnkern.kernels import dispatch
-from snnkern.plan.planner import chain_step, neuron_step
+from snnkern.plan.seq import neuron_step
+from snnkern.plan.strategies.recurrent import chain_step
 from snnkern.plan.protocol import is_compound, is_neuron
 
 from . import timing
@@ -75,7 +75,7 @@ def _neuron(name: str, spec, layer, state0, cur) -> Tuple[Part, jax.Array]:
         p = eqx.combine(d, static)
 
         def one(x1):     # a non-final neuron emits only the read sequence its consumer takes
-            _, outs, reads = dispatch.run_neuron_loop(spec, step, p, list(state0), x1)
+            _, outs, reads = spec.loop(step, p, list(state0), x1)
             return reads if outs is None else outs
         return jax.vmap(one)(xs)
 
@@ -98,7 +98,7 @@ def _recurrent(name: str, spec, layer, state0, ff) -> Tuple[Part, jax.Array]:
         p = eqx.combine(d, static)
 
         def one(f1):
-            _, outs, _, reads = dispatch.run_recurrent_loop(spec, step, p, list(state0), f1, w, b)
+            _, outs, _, reads = spec.loop(step, p, list(state0), f1, w, b)
             return reads if outs is None else outs
         return jax.vmap(one)(ff)
 
@@ -113,7 +113,7 @@ def _recurrent(name: str, spec, layer, state0, ff) -> Tuple[Part, jax.Array]:
 
 
 def _spec_at(plan, address) -> Optional[object]:
-    return next((s.spec for s in plan.steps if s.address == address and s.spec is not None), None)
+    return next((s.spec for s in plan.steps if s.address == address and s.spec.is_loop), None)
 
 
 def parts(spec, x) -> List[Part]:

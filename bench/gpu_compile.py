@@ -108,7 +108,7 @@ def _neuron_case(cid, kind, x_dtype, residual, mode, n=300, T=32, B=4):
     from bench.residual_precision import make_neuron
     from snnkern.kernels import pallas_neuron as PN
     from snnkern.kernels.tiling import NeuronTiling
-    from snnkern.plan.planner import neuron_step
+    from snnkern.plan.seq import neuron_step
 
     layer = make_neuron(kind, n)
     params, st = layer.params(), layer.init_state((n,), None)
@@ -136,7 +136,7 @@ def _rec_case(cid, kind, n, ff_dtype, platform, T=32, B=64):
     from snnkern.kernels import pallas_recurrent as PR
     from snnkern.kernels import recurrent as NL
     from snnkern.kernels.tiling import RecTiling
-    from snnkern.plan.planner import neuron_step
+    from snnkern.plan.seq import neuron_step
 
     layer = make_neuron(kind, n)
     p, st = layer.params(), layer.init_state((n,), None)
@@ -180,19 +180,19 @@ def _model_case(cid, kind, N, B, device, T=32):
         loss, g = vag(params, x)
         return loss, jax.tree.map(lambda p, d: p - 1e-3 * d, params, g)
 
-    from snnkern.plan import Path
+    from snnkern.plan.strategies import NeuronLoop
 
     with jax.default_device(device):
         plan = snnkern.explain(spec.model)
     expect: Dict[str, int] = {}
     for s in plan.steps:
-        if s.path.is_loop and s.impl.is_pallas:
-            name = "neuron" if s.path is Path.NEURON_LOOP else "recurrent"
+        if s.spec.is_loop and s.impl.is_pallas:
+            name = "neuron" if isinstance(s.spec, NeuronLoop) else "recurrent"
             for d in ("fwd", "bwd"):
                 expect[f"snnkern_{name}_{d}"] = expect.get(f"snnkern_{name}_{d}", 0) + 1
     args = (_sds(eqx.filter(params, eqx.is_array)), jax.ShapeDtypeStruct((B, T, spec.N_in), jnp.float32))
     return Case(cid, jax.jit(train_step), args, expect, f"{kind} N={N}, B={B}, T={T}; plan: "
-                + "; ".join(f"{s.where}: {s.describe()}" for s in plan.steps if s.path.is_loop))
+                + "; ".join(f"{s.where}: {s.describe()}" for s in plan.steps if s.spec.is_loop))
 
 
 def compile_only_device(target: str):

@@ -17,7 +17,6 @@ import jax
 import numpy as np
 
 import snnkern
-from snnkern.plan import PlanPath
 
 from . import floor, models, peak_mem, sanity, timing
 from .tiers import Tier
@@ -52,10 +51,10 @@ def _plan_info(spec, backend: str, context=contextlib.nullcontext):
     """(plan, fused-components text, fallback reasons, whether a Pallas step is in the plan)."""
     with snnkern.backend(backend), context():
         plan = snnkern.explain(spec.model, spec.in_shape)
-    if plan.path is PlanPath.REFERENCE:
+    if plan.reference:
         return plan, "none (time-major lax.scan)", [], False
     fused = [f"c{n} {s.where}: {s.describe()}" for n, c in enumerate(plan.components) for s in c.steps
-             if s.path.is_loop]
+             if s.spec.is_loop]
     has_pallas = any(s.impl is not None and s.impl.is_pallas for s in plan.steps)
     return plan, "; ".join(fused) or "none", plan.fallbacks, has_pallas
 

@@ -25,7 +25,7 @@ from snnkern import snn
 from snnkern.functional.surrogate import piecewise_surrogate, sigmoid_surrogate, superspike_surrogate
 from snnkern.kernels import neuron_loop as NL
 from snnkern.kernels import pallas_neuron as PN
-from snnkern.plan.planner import neuron_step as _neuron_step
+from snnkern.plan.seq import neuron_step as _neuron_step
 
 __all__ = ["NEURONS", "POLICIES", "make_neuron", "setup", "measure", "markdown"]
 

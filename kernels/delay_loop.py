@@ -27,9 +27,8 @@ from jax.custom_batching import custom_vmap
 
 from .common import compress, restore, vmap_is_innermost
 from .neuron_loop import Grads, Step, scan_axis1
-from .spec import DelayLoopSpec, Impl
 
-__all__ = ["delay_batched", "delay_loop", "plan_delay_loop", "run_delay_loop"]
+__all__ = ["delay_batched", "delay_loop"]
 
 
 def _feed(w, r):
@@ -146,15 +145,3 @@ def delay_loop(step: Step, params, state0: list, c: jax.Array, w: Optional[jax.A
         return one(dyn, ws, list(state0), c)
     return loop(dyn, ws, list(state0), c)
 
-
-def plan_delay_loop(delay: int, spike_idx: Sequence[int] = (), want_out: bool = True) -> DelayLoopSpec:
-    """The spec of a delay loop: XLA on every platform (its planned path, not a fallback)."""
-    return DelayLoopSpec(Impl.XLA, int(delay), tuple(sorted(set(spike_idx))), want_out)
-
-
-def run_delay_loop(spec: DelayLoopSpec, step: Step, params, state0: list, c, w):
-    """Run a delay loop (one sample; batched under vmap) as ``spec`` says: ``(final_state, outs or
-    None, reads)``."""
-    if spec.impl is not Impl.XLA:
-        raise ValueError(f"the delay loop has only an XLA implementation, the spec asks for {spec.impl}")
-    return delay_loop(step, params, state0, c, w, spec.delay, spec.spike_idx, want_out=spec.want_out)

@@ -53,8 +53,7 @@ from .pallas_common import (RefReader, carry_start, keep_valid, masked_step_vali
                              step_and_emit, store, stored_state)
 from .tiling import GPU_PLATFORMS, NeuronLayout, NeuronTiling, compiler_params, layout_target
 
-__all__ = ["neuron_loop", "eligible", "unsupported", "default_tiling", "residual_dtypes", "check_residual_dtype",
-           "kernel_platform"]
+__all__ = ["neuron_loop", "eligible", "unsupported", "default_tiling", "residual_dtypes", "check_residual_dtype"]
 
 
 def eligible(shape: Sequence[int], dtype, platform: Optional[str] = None) -> Optional[str]:
@@ -77,12 +76,6 @@ def eligible(shape: Sequence[int], dtype, platform: Optional[str] = None) -> Opt
     if plat == "tpu" and dt == jnp.dtype(jnp.float16):
         return "float16 inputs are not supported by the TPU (Mosaic) kernels; use bfloat16"
     return None
-
-
-def kernel_platform(tiling: NeuronTiling, interpret: bool) -> str:
-    """The platform whose rules apply to a kernel of ``tiling``: ``cpu`` when interpreted (or for
-    the portable layout), else ``gpu`` / ``tpu``."""
-    return "cpu" if interpret else {"gpu": "gpu", "tpu": "tpu"}.get(tiling.target, "cpu")
 
 
 def unsupported(step, params, state0, xs, platform: str, residual_dtype=None) -> Optional[str]:
@@ -235,7 +228,7 @@ def neuron_loop(step, params, state0: list, xs: jax.Array, spike_idx: Sequence[i
         tiling = default_tiling(platform, interpret, block_n, block_t)
     spike_idx = tuple(sorted(set(int(k) for k in spike_idx)))
     state0 = list(state0)
-    why = unsupported(step, params, state0, xs, kernel_platform(tiling, interpret), residual_dtype)
+    why = unsupported(step, params, state0, xs, tiling.rules_platform(interpret), residual_dtype)
     if why is not None:
         raise ValueError(f"the Pallas neuron-loop kernel cannot take this loop: {why}")
     dyn, static = eqx.partition(params, eqx.is_array)

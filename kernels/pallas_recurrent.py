@@ -191,8 +191,7 @@ def recurrent_batched(step, dyn, static, w, b, state0: list, ff: jax.Array, spik
     spike_idx = tuple(sorted(set(int(k) for k in spike_idx)))
     state0 = list(state0)
     B, T, n = (int(d) for d in ff.shape)
-    plat = "cpu" if interpret else {"gpu": "gpu", "tpu": "tpu"}.get(tiling.target, "cpu")
-    why = unsupported(step, eqx.combine(dyn, static), state0, ff, w, b, plat)
+    why = unsupported(step, eqx.combine(dyn, static), state0, ff, w, b, tiling.rules_platform(interpret))
     if why is not None:
         raise ValueError(f"the Pallas recurrent kernel cannot take this loop: {why}")
     leaves, treedef = jax.tree.flatten(dyn)

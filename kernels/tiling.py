@@ -74,6 +74,11 @@ class Tiling:
         """The default tiling of ``target`` (block sizes given as keywords override it)."""
         return cls(target, **blocks)
 
+    def rules_platform(self, interpret: bool) -> str:
+        """The platform whose rules a kernel of this tiling follows: ``cpu`` when interpreted (or for
+        the portable ``any`` layout), else ``gpu`` / ``tpu``."""
+        return "cpu" if interpret else {"gpu": "gpu", "tpu": "tpu"}.get(self.target, "cpu")
+
     def time_chunk(self, T: int) -> int:
         """Steps per chunk for a sequence of ``T`` steps."""
         if self.target != "tpu":
@@ -193,7 +198,7 @@ class RecLayout(_Layout):
 class RecTiling(Tiling):
     """Tiling of the recurrent kernels: ``block_b`` samples per tile (GPU: a power of 2 >= 16, a
     ``tl.dot`` operand; TPU: a multiple of 8); ``block_k``: neurons per column block of the streamed
-    GPU kernels (a power of 2 >= 16, default 128, at most ``n_pad``)."""
+    GPU kernels (a power of 2 >= 16, default ``DEFAULT_BLOCK_K`` = 64, at most ``n_pad``)."""
 
     block_b: Optional[int] = None
     block_k: Optional[int] = None

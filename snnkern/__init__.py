@@ -5,8 +5,8 @@
 chooses the path (also ``SNNKERN_BACKEND``); ``SNNKERN_STRICT=1`` turns fallbacks into errors;
 ``with snnkern.time_checkpoint("auto"):`` trades one extra forward pass for O(T/K + K) training memory.
 """
-from . import functional, snn, utils
-from .kernels.dispatch import BACKENDS, FallbackError, backend, strict, time_checkpoint
+from . import functional, settings, snn, utils
+from .settings import BACKENDS, FallbackError, backend, strict, time_checkpoint
 from .plan import Plan
 
 
@@ -26,5 +26,5 @@ def explain(model, in_shape=None, T=None, dtype=None) -> Plan:
 
 __version__ = "0.1.0"
 
-__all__ = ["snn", "functional", "utils", "explain", "backend", "strict", "time_checkpoint", "BACKENDS", "FallbackError",
-           "__version__"]
+__all__ = ["snn", "functional", "utils", "settings", "explain", "backend", "strict", "time_checkpoint", "BACKENDS",
+           "FallbackError", "__version__"]

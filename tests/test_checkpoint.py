@@ -17,7 +17,7 @@ import pytest
 
 import snnkern
 from snnkern import snn
-from snnkern.kernels import dispatch
+from snnkern.plan import checkpoint as ckpt
 
 from helpers import assert_matches_reference, data, scale_linear
 from test_plan import cycle_model, recurrent_model, seq_model
@@ -117,7 +117,7 @@ def test_default_on_cpu_for_long_sequences(monkeypatch):
     assert snnkern.explain(model, (3,), T=499).checkpoint_every is None
     with snnkern.time_checkpoint(None):
         assert snnkern.explain(model, (3,), T=4000).checkpoint_every is None
-    assert dispatch.checkpoint_every(4000, "gpu") == (None, None)
+    assert ckpt.checkpoint_every(4000, "gpu") == (None, None)
     with snnkern.backend("reference"):
         plan = snnkern.explain(model, (3,), T=4000)
         assert plan.checkpoint_every is None and not plan.notes
@@ -148,7 +148,7 @@ def test_env_var_and_jit_cache_key(monkeypatch):
 
 
 def test_auto_rule():
-    assert [dispatch.auto_checkpoint_every(T) for T in (2, 100, 500, 8000)] == [2, 10, 23, 90]
+    assert [ckpt.auto_checkpoint_every(T) for T in (2, 100, 500, 8000)] == [2, 10, 23, 90]
 
 
 def test_doc_example_runs():

@@ -19,7 +19,8 @@ import pytest
 
 import snnkern
 from snnkern import snn
-from snnkern.plan import Impl, Kind, Path
+from snnkern.plan import Impl
+from snnkern.plan.strategies import AutodiffScan, ComponentLoop, ComponentScan, DelayLoop, NeuronLoop, RecurrentLoop
 from snnkern.plan.protocol import AbstractStatefulLayer
 
 ROOT = _FsPath(__file__).resolve().parent.parent
@@ -114,7 +115,7 @@ def _compare(model, x, key, batched, backend="xla", st=None):
 
 def _random_state(model, shape, seed):
     """An initial state with every entry non-zero: floats in [-0.5, 0.5), spike entries 0/1."""
-    from snnkern.plan.component_loop import binary_entries
+    from snnkern.plan.strategies.component_loop import binary_entries
 
     rng = np.random.default_rng(seed)
     st = model.init_state(shape, jax.random.PRNGKey(0))
@@ -128,7 +129,7 @@ def _random_state(model, shape, seed):
 
 
 def _cycle_steps(plan):
-    return [s for c in plan.components if c.kind is Kind.CYCLE for s in c.steps]
+    return [s for c in plan.components if c.kind == "cycle" for s in c.steps]
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -138,9 +139,9 @@ def test_cycle_matches_reference_batched(name):
     plan = snnkern.explain(model, (N_IN,))
     cyc = _cycle_steps(plan)
     # a single-neuron cycle of affine layers is the delay loop (tests/test_delay_loop.py)
-    assert cyc and all(s.path in (Path.COMPONENT_LOOP, Path.DELAY_LOOP) for s in cyc), str(plan)
-    assert any(s.path is Path.DELAY_LOOP for s in cyc) == (name in ("cross-2-3", "self-1", "random-1")), str(plan)
-    assert not [s for s in plan.steps if s.path in (Path.SCAN, Path.COMPONENT_SCAN)], str(plan)
+    assert cyc and all(isinstance(s.spec, (ComponentLoop, DelayLoop)) for s in cyc), str(plan)
+    assert any(isinstance(s.spec, DelayLoop) for s in cyc) == (name in ("cross-2-3", "self-1", "random-1")), str(plan)
+    assert not [s for s in plan.steps if isinstance(s.spec, (AutodiffScan, ComponentScan))], str(plan)
     _compare(model, data((3, 24, N_IN), seed=1, lo=0.0, hi=1.5), key, batched=True)
 
 
@@ -212,8 +213,8 @@ def test_cycle_under_pallas_interpret():
     model = MODELS["cross-2-3"](key)
     with snnkern.backend("pallas-interpret"):
         plan = snnkern.explain(model, (N_IN,))
-    assert [s.impl.value for s in plan.steps if s.path is Path.NEURON_LOOP] == ["pallas-interpret"], str(plan)
-    assert [(s.path, s.impl) for s in _cycle_steps(plan)] == [(Path.DELAY_LOOP, Impl.XLA)], str(plan)
+    assert [s.impl.value for s in plan.steps if isinstance(s.spec, NeuronLoop)] == ["pallas-interpret"], str(plan)
+    assert [(type(s.spec), s.impl) for s in _cycle_steps(plan)] == [(DelayLoop, Impl.XLA)], str(plan)
     _compare(model, data((2, 12, N_IN), seed=1, lo=0.0, hi=1.5), key, batched=True, backend="pallas-interpret")
 
 
@@ -221,7 +222,7 @@ def test_explain_names_the_component_loop_and_why():
     text = str(snnkern.explain(MODELS["multi-1-3"](jax.random.PRNGKey(0)), (N_IN,)))
     assert "layer 1 (LIF), layer 2 (Linear), layer 3 (LIF) component loop (custom VJP)" in text, text
     plan = snnkern.explain(MODELS["linear-non-diag"](jax.random.PRNGKey(0)), (N_IN,))
-    assert plan.components[0].kind is Kind.CYCLE and plan.components[0].steps[0].path is Path.COMPONENT_LOOP
+    assert plan.components[0].kind == "cycle" and isinstance(plan.components[0].steps[0].spec, ComponentLoop)
     assert "the recurrent branch is a LinearNonDiag, not a vector eqx.nn.Linear" in plan.fallbacks[0]
     with snnkern.strict(), pytest.raises(snnkern.FallbackError, match="component loop"):
         snnkern.explain(MODELS["multi-1-3"](jax.random.PRNGKey(0)), (N_IN,))
@@ -233,7 +234,7 @@ def test_integer_state_in_a_cycle_keeps_the_autodiff_scan():
     model = snn.SequentialLocalFeedback(layers, feedback_layers={4: 2})
     plan = snnkern.explain(model, (N_IN,))
     (step,) = _cycle_steps(plan)
-    assert step.path is Path.COMPONENT_SCAN and "non-floating state entry (int32[])" in step.reason, str(plan)
+    assert isinstance(step.spec, ComponentScan) and "non-floating state entry (int32[])" in step.reason, str(plan)
     _compare(model, data((2, 16, N_IN), seed=1, lo=0.0, hi=1.5), key, batched=True)
 
 
@@ -242,7 +243,7 @@ def test_component_loop_stores_less_than_autodiff():
     component loop than as the autodiff scan of the component it replaced (bool spikes, no
     per-step intermediates)."""
     from snnkern.kernels.component_loop import component_loop
-    from snnkern.plan.component_loop import binary_entries
+    from snnkern.plan.strategies.component_loop import binary_entries
 
     lif = snn.LIF([0.9, 0.8], threshold=0.1)
     s0 = lif.init_state((64,))
@@ -277,7 +278,7 @@ def test_dropout_in_a_recurrent_chain(inference, backend):
     model = snn.SequentialLocalFeedback(chain, eqx.nn.Linear(16, 3, key=k[2]), feedback_layers=None)
     with snnkern.backend(backend):
         plan = snnkern.explain(model, (N_IN,))
-    (loop,) = [s for s in plan.steps if s.path is Path.RECURRENT_LOOP]
+    (loop,) = [s for s in plan.steps if isinstance(s.spec, RecurrentLoop)]
     assert "Dropout" in loop.where, str(plan)
     if backend == "pallas-interpret":
         # inference mode is the identity: the kernel takes it; a training mask is a per-neuron array
@@ -302,15 +303,15 @@ def test_single_neuron_cycles_are_delayed_recurrences(name, delay):
     model = MODELS[name](key)
     if name == "delay-3":
         (step,) = _cycle_steps(snnkern.explain(model, (N_IN,)))
-        assert step.path is Path.COMPONENT_LOOP and "2 Linears in the cycle" in step.reason, step
-        assert f"a recurrence through one neuron, delay {delay}" in step.where
+        assert isinstance(step.spec, ComponentLoop) and "2 Linears in the cycle" in step.reason, step
+        assert f"a recurrence through one neuron, delay {delay}, but" in step.reason
         with snnkern.strict(), pytest.raises(snnkern.FallbackError, match="2 Linears"):
             snnkern.explain(model, (N_IN,))
         return
     with snnkern.strict():
         plan = snnkern.explain(model, (N_IN,))
         (step,) = _cycle_steps(plan)
-        assert step.path is Path.DELAY_LOOP and step.reason is None and not plan.fallbacks, str(plan)
+        assert isinstance(step.spec, DelayLoop) and step.reason is None and not plan.fallbacks, str(plan)
         assert f"a recurrence through one neuron, delay {delay}" in step.where
         # a traced call raises on any fallback here (its equivalence: test_cycle_matches_reference_batched)
         outs = eqx.filter_jit(model)(model.init_state((N_IN,), key), data((8, N_IN), seed=1), key)[1]

@@ -17,7 +17,8 @@ import pytest
 
 import snnkern
 from snnkern import snn
-from snnkern.plan import Impl, Kind, Path
+from snnkern.plan import Impl
+from snnkern.plan.strategies import ComponentLoop, DelayLoop, NeuronLoop
 
 from helpers import (GRAD_ATOL, GRAD_RTOL, OUT_ATOL, OUT_RTOL, assert_fires, assert_rates, assert_trees_close, data,
                      mixed_loss, rates_of, run_path, scale_linear, under, _recording)
@@ -76,7 +77,7 @@ def st_in(model):
 
 
 def _cycle_step(plan):
-    (step,) = [s for c in plan.components if c.kind is Kind.CYCLE for s in c.steps]
+    (step,) = [s for c in plan.components if c.kind == "cycle" for s in c.steps]
     return step
 
 
@@ -145,9 +146,10 @@ def test_delay_loop_matches_reference_batched(name):
     with snnkern.strict():
         plan = snnkern.explain(model, x.shape[2:])
     step = _cycle_step(plan)
-    assert step.path is Path.DELAY_LOOP and step.reason is None and not plan.fallbacks, str(plan)
+    assert isinstance(step.spec, DelayLoop) and step.reason is None and not plan.fallbacks, str(plan)
     assert step.spec.delay == delay and step.impl is Impl.XLA and f"delay {delay}" in step.where
-    assert ("GEMM over T·B rows" in step.where) == (name not in ("identity-2", "self-1")), step.where
+    has_linear = name not in ("identity-2", "self-1")
+    assert step.spec.has_weight == has_linear and ("GEMM over T·B rows" in step.spec.summary()) == has_linear, str(plan)
     assert_fires(model, st, x, key, batched=True)
     _compare(model, st, x, key, batched=True)
 
@@ -195,7 +197,7 @@ def test_delay_loop_under_time_checkpointing(name, per_sample):
     st, x = _states(model, key, scale=0.3, batch=2 if per_sample else None), _x((2, 22, N_IN), seed=5)
     with snnkern.time_checkpoint(4):
         plan = snnkern.explain(model, (N_IN,), T=22)
-    assert plan.checkpoint_every == 4 and _cycle_step(plan).path is Path.DELAY_LOOP
+    assert plan.checkpoint_every == 4 and isinstance(_cycle_step(plan).spec, DelayLoop)
     if per_sample:
         _assert_fires_per_sample(model, st, x, key)
     else:
@@ -218,15 +220,15 @@ def test_delay_loop_is_the_planned_path_on_accelerators(platform, backend):
         warnings.simplefilter("ignore", DeprecationWarning)
         plan = snnkern.explain(model, (N_IN,))
     step = _cycle_step(plan)
-    assert step.path is Path.DELAY_LOOP and step.impl is Impl.XLA and not plan.fallbacks, str(plan)
-    assert [s.impl for s in plan.steps if s.path is Path.NEURON_LOOP] == [Impl.PALLAS], str(plan)
+    assert isinstance(step.spec, DelayLoop) and step.impl is Impl.XLA and not plan.fallbacks, str(plan)
+    assert [s.impl for s in plan.steps if isinstance(s.spec, NeuronLoop)] == [Impl.PALLAS], str(plan)
 
 
 def test_explain_shows_the_delay_loop():
     text = str(snnkern.explain(MODELS["fb-3-2"][0](jax.random.PRNGKey(0)), (N_IN,)))
-    want = ("layers 2-3: Linear -> LIF: a recurrence through one neuron, delay 2: GEMM over T·B rows + fused "
-            "delay-2 loop (xla) delay loop (custom VJP) [xla, delay 2]")
-    assert want in text and "fallback" not in text, text
+    row = "layers 2-3: Linear -> LIF: a recurrence through one neuron, delay 2 delay loop (custom VJP) [xla, delay 2]"
+    chain = "layers 2-3: Linear -> LIF: a recurrence through one neuron, delay 2: GEMM over T·B rows + fused delay-2 loop (xla)"
+    assert row in text and chain in text and "fallback" not in text, text
     text = str(snnkern.explain(MODELS["self-1"][0](jax.random.PRNGKey(0)), (N_IN,)))
     assert "layer 1: LIF: a recurrence through one neuron, delay 1: fused delay-1 loop (xla)" in text, text
 
@@ -242,8 +244,8 @@ def test_other_single_neuron_cycles_stay_on_the_component_loop(mid, why):
     model = snn.SequentialLocalFeedback(_head(k) + mid(k) + [_lif(), eqx.nn.Linear(N, 3, key=k[3])],
                                         feedback_layers={1 + d: 2})
     step = _cycle_step(snnkern.explain(model, (N_IN,)))
-    assert step.path is Path.COMPONENT_LOOP and why in step.reason, step
-    assert f"a recurrence through one neuron, delay {d}" in step.where
+    assert isinstance(step.spec, ComponentLoop) and why in step.reason, step
+    assert f"a recurrence through one neuron, delay {d}, but" in step.reason
     with snnkern.strict(), pytest.raises(snnkern.FallbackError, match="not affine|Linears"):
         snnkern.explain(model, (N_IN,))
 
@@ -257,4 +259,4 @@ def test_strict_traced_call_runs_the_delay_loop():
     with snnkern.strict(), recorded_plans() as plans:
         outs = eqx.filter_jit(model)(model.init_state((N_IN,), key), _x((8, N_IN)), key)[1]
     assert outs[0].shape == (8, 3)
-    assert [_cycle_step(p).path for p in plans] == [Path.DELAY_LOOP]
+    assert [type(_cycle_step(p).spec) for p in plans] == [DelayLoop]

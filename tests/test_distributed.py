@@ -219,7 +219,7 @@ def _pallas_in_shard_map(mesh):
     from snnkern import snn
     from snnkern.kernels import neuron_loop as xla_loops
     from snnkern.kernels import pallas_neuron
-    from snnkern.plan.planner import neuron_step as _neuron_step
+    from snnkern.plan.seq import neuron_step as _neuron_step
     _spike_idx = snn.LIF.binary_state_entries
     lif = snn.LIF([0.9, 0.8])
     N, T, B = 8, 6, 8

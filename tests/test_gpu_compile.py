@@ -100,13 +100,13 @@ def test_bench_model_training_step_compiles_for_h200(cid, h200):
     with jax.default_device(h200):
         plan = snnkern.explain(spec.model)
     assert plan.platform == "gpu", str(plan)
-    from snnkern.kernels.spec import Impl
-    from snnkern.plan import Path
-    loops = [s for s in plan.steps if s.path.is_loop]
+    from snnkern.plan import Impl
+    from snnkern.plan.strategies import NeuronLoop, RecurrentLoop
+    loops = [s for s in plan.steps if s.spec.is_loop]
     if kind == "ff":
-        assert len(loops) == 2 and all(s.path is Path.NEURON_LOOP and s.impl is Impl.PALLAS for s in loops), str(plan)
+        assert len(loops) == 2 and all(isinstance(s.spec, NeuronLoop) and s.impl is Impl.PALLAS for s in loops), str(plan)
     else:   # W_rec on chip at 128, streamed above
-        assert [(s.path, s.impl) for s in loops] == [(Path.RECURRENT_LOOP, Impl.PALLAS)], str(plan)
+        assert [(type(s.spec), s.impl) for s in loops] == [(RecurrentLoop, Impl.PALLAS)], str(plan)
         assert ("W_rec on chip" if N <= 128 else "W_rec streamed per step") in str(plan), str(plan)
     case, _ = compile_ok(cid, h200)
     assert case.expect
@@ -167,16 +167,16 @@ def test_auto_plans_for_the_default_device(h200):
     import jax
 
     import snnkern
-    from snnkern.kernels import dispatch
+    from snnkern.plan.impl import choose_impl
     from snnkern.kernels.platform import tracing_platform
-    from snnkern.kernels.spec import Impl
+    from snnkern.plan import Impl
     from snnkern.kernels.tiling import layout_target
     from bench import models
     model = models.build("ff", 64).model
     with jax.default_device(h200):
-        assert tracing_platform() == dispatch.tracing_platform() == "gpu"
+        assert tracing_platform() == "gpu"
         assert layout_target() == "gpu"
-        assert dispatch.choose_impl("x").impl is Impl.PALLAS
+        assert choose_impl("x", tracing_platform()).impl is Impl.PALLAS
         plan = snnkern.explain(model)
     assert plan.platform == "gpu" and not plan.fallbacks, str(plan)
     # on this host, outside the block: the CPU and the XLA loops

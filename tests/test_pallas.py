@@ -40,7 +40,7 @@ from snnkern import snn
 from snnkern.kernels import neuron_loop as NL
 from snnkern.kernels import pallas_neuron as PN
 from snnkern.kernels.tiling import NeuronTiling, layout_target
-from snnkern.plan.planner import neuron_step as _neuron_step
+from snnkern.plan.seq import neuron_step as _neuron_step
 
 
 def _spike_idx(layer):

@@ -31,14 +31,14 @@ import pytest
 import snnkern
 from snnkern import snn
 from snnkern.functional.surrogate import sigmoid_surrogate, superspike_surrogate
-from snnkern.kernels import dispatch
+from snnkern.plan import impl as plan_impl
 from snnkern.kernels import neuron_loop as NL
 from snnkern.kernels import pallas_recurrent as PR
 from snnkern.kernels import recurrent as REC
-from snnkern.kernels.spec import Impl
+from snnkern.plan import Impl
 from snnkern.kernels.tiling import RecTiling
-from snnkern.plan import Path
-from snnkern.plan.planner import neuron_step as _neuron_step
+from snnkern.plan.strategies import RecurrentLoop
+from snnkern.plan.seq import neuron_step as _neuron_step
 
 
 def _spike_idx(layer):
@@ -361,10 +361,10 @@ def test_per_step_layers_keep_a_streamed_size_on_xla():
     with snnkern.backend("pallas-interpret"):
         for kind, n in (("ln", 256), ("identity-lambda", 256)):
             loops = [s for s in snnkern.explain(recmlp(jax.random.PRNGKey(0), n=n, kind=kind), (3, 4)).steps
-                     if s.path is Path.RECURRENT_LOOP]
+                     if isinstance(s.spec, RecurrentLoop)]
             assert loops and all(s.impl is Impl.XLA and "need a whole row" in s.reason for s in loops), kind
         loops = [s for s in snnkern.explain(recmlp(jax.random.PRNGKey(0), n=256, kind="none"), (3, 4)).steps
-                 if s.path is Path.RECURRENT_LOOP]
+                 if isinstance(s.spec, RecurrentLoop)]
         assert loops and all(s.impl is Impl.PALLAS_INTERPRET and "streamed" in str(s) for s in loops)
 
 
@@ -406,24 +406,24 @@ def test_rec_tiling_and_eligible():
 
 
 # ================================================================================================
-# dispatch
+# implementation choice
 
 
 def test_auto_picks_pallas_on_accelerators(monkeypatch):
     monkeypatch.delenv("SNNKERN_BACKEND", raising=False)
     monkeypatch.delenv("SNNKERN_AUTO_PALLAS", raising=False)
     for plat in ("gpu", "cuda", "tpu"):
-        assert dispatch.choose_impl("x", plat) == dispatch.Choice(Impl.PALLAS)
-    assert dispatch.choose_impl("x", "cpu") == dispatch.Choice(Impl.XLA)
+        assert plan_impl.choose_impl("x", plat) == plan_impl.Choice(Impl.PALLAS)
+    assert plan_impl.choose_impl("x", "cpu") == plan_impl.Choice(Impl.XLA)
     monkeypatch.setenv("SNNKERN_AUTO_PALLAS", "0")
-    assert dispatch.choose_impl("x", "gpu") == dispatch.Choice(Impl.XLA)
+    assert plan_impl.choose_impl("x", "gpu") == plan_impl.Choice(Impl.XLA)
     monkeypatch.delenv("SNNKERN_AUTO_PALLAS")
-    c = dispatch.choose_impl("x", "metal")
+    c = plan_impl.choose_impl("x", "metal")
     assert c.impl is Impl.XLA and "metal" in c.reason
-    with snnkern.strict(), pytest.raises(dispatch.FallbackError, match="metal"):
-        dispatch.choose_impl("x", "metal")
+    with snnkern.strict(), pytest.raises(snnkern.FallbackError, match="metal"):
+        plan_impl.choose_impl("x", "metal")
     with snnkern.backend("xla"):
-        assert dispatch.choose_impl("x", "gpu") == dispatch.Choice(Impl.XLA)
+        assert plan_impl.choose_impl("x", "gpu") == plan_impl.Choice(Impl.XLA)
 
 
 def test_plan_checks_the_recurrent_size_limit(keys, monkeypatch):
@@ -432,17 +432,17 @@ def test_plan_checks_the_recurrent_size_limit(keys, monkeypatch):
     monkeypatch.setattr(PR, "MAX_N", 16)
     with snnkern.backend("pallas-interpret"):
         plan = snnkern.explain(rec_model(keys, n=24), (5,))
-        rec = [s for s in plan.steps if s.path is Path.RECURRENT_LOOP][0]
+        rec = [s for s in plan.steps if isinstance(s.spec, RecurrentLoop)][0]
         assert rec.impl is Impl.XLA and "W_rec does not fit" in rec.reason
-        with snnkern.strict(), pytest.raises(dispatch.FallbackError, match="W_rec"):
+        with snnkern.strict(), pytest.raises(snnkern.FallbackError, match="W_rec"):
             snnkern.explain(rec_model(keys, n=24), (5,))
-        small = [s for s in snnkern.explain(rec_model(keys, n=8), (5,)).steps if s.path is Path.RECURRENT_LOOP][0]
+        small = [s for s in snnkern.explain(rec_model(keys, n=8), (5,)).steps if isinstance(s.spec, RecurrentLoop)][0]
         assert small.impl is Impl.PALLAS_INTERPRET and small.reason is None and small.spec.tiling is not None
         assert small.spec.resident_w and "W_rec on chip: 16 x 16 x 4 B <= 64 KiB" in str(small)
     monkeypatch.setattr(PR, "MAX_N", 1024)
     with snnkern.backend("pallas-interpret"):
         plan = snnkern.explain(rec_model(keys, n=256), (5,))
-    big = [s for s in plan.steps if s.path is Path.RECURRENT_LOOP][0]
+    big = [s for s in plan.steps if isinstance(s.spec, RecurrentLoop)][0]
     assert big.impl is Impl.PALLAS_INTERPRET and not big.spec.resident_w and big.reason is None
     assert "W_rec streamed per step in 64 x 64 tiles, state in global memory: 256 x 256 x 4 B > 64 KiB" in str(plan)
 
@@ -454,7 +454,7 @@ def test_recurrent_spec_routing(keys, monkeypatch):
     monkeypatch.setattr(PR, "recurrent_batched", lambda *a, **kw: seen.append(kw) or orig(*a, **kw))
     model = rec_model(keys, n=8)
     with snnkern.backend("pallas-interpret"):
-        spec = [s for s in snnkern.explain(model, (5,)).steps if s.path is Path.RECURRENT_LOOP][0].spec
+        spec = [s for s in snnkern.explain(model, (5,)).steps if isinstance(s.spec, RecurrentLoop)][0].spec
         x = jnp.ones((3, 6, 5))
         eqx.filter_vmap(model, in_axes=(None, 0, None))(model.init_state((5,), keys[2]), x, keys[2])
     assert seen and seen[0]["interpret"] is True and seen[0]["tiling"] == spec.tiling
@@ -494,7 +494,7 @@ def test_model_recurrent_pallas_interpret_matches_reference(keys, monkeypatch, l
     model = rec_model(keys)
     with snnkern.backend("pallas-interpret"):
         plan = snnkern.explain(model, (5,))
-    rec = [s for s in plan.steps if s.path is Path.RECURRENT_LOOP]
+    rec = [s for s in plan.steps if isinstance(s.spec, RecurrentLoop)]
     assert rec and rec[0].impl is Impl.PALLAS_INTERPRET and rec[0].reason is None, str(plan)
     st = model.init_state((5,), keys[3])
     _, _, g = assert_matches_reference(model, st, data((4, 15, 5), seed=4, hi=2.0), keys[5], batched=True,
@@ -597,7 +597,7 @@ def test_auto_backend_lowers_a_model_to_the_kernels(platform, keys, monkeypatch)
         plan = snnkern.explain(model)
         text = jax.jit(jax.value_and_grad(loss)).trace(params, xb).lower(lowering_platforms=(platform,)).as_text()
     assert plan.platform in ("gpu", "tpu") and not plan.fallbacks, str(plan)
-    loops = [s for s in plan.steps if s.path.is_loop]
+    loops = [s for s in plan.steps if s.spec.is_loop]
     assert loops and all(s.impl is Impl.PALLAS and s.spec.tiling.target == ("gpu" if platform == "cuda" else "tpu")
                          for s in loops), str(plan)
     assert text.count(CUSTOM_CALL[platform]) == 4

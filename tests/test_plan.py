@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import snnkern
-from snnkern.plan import Impl, Kind, Path
+from snnkern.plan import Impl
+from snnkern.plan.strategies import Batched, DelayLoop, Gemm, NeuronLoop, RecurrentLoop
 from snnkern import snn
 from snnkern.plan.graph import components
 
@@ -141,12 +142,12 @@ def test_explain_sequential():
         assert len(c.steps) == 1
         step = c.steps[0]
         assert step.reason is None
-        if c.kind is Kind.NEURON:
-            assert step.path is Path.NEURON_LOOP and step.impl is Impl.XLA, step
+        if c.kind == "neuron":
+            assert isinstance(step.spec, NeuronLoop) and step.impl is Impl.XLA, step
         elif isinstance(model.layers[c.layers[0]], eqx.nn.Linear):
-            assert step.path is Path.GEMM and step.spec is None, step
+            assert type(step.spec) is Gemm and step.impl is None, step
         else:
-            assert step.path is Path.BATCHED and step.spec is None, step
+            assert type(step.spec) is Batched and step.impl is None, step
     # the table names every component and path, and the chains
     text = str(plan)
     assert "planned" in text and "neuron loop (custom VJP) [xla]" in text and "batched" in text
@@ -195,10 +196,10 @@ def test_explain_compound_lists_its_sub_layers():
     assert [c.kind for c in plan.components] == ["compound", "stateless", "neuron"]
     steps = plan.components[0].steps
     assert len(steps) == 3
-    assert steps[0].path is Path.GEMM and steps[1].path is Path.BATCHED
+    assert type(steps[0].spec) is Gemm and type(steps[1].spec) is Batched
     assert plan.chains[0] == ("layer 0: Linear -> LayerNorm -> LIF chain (a CompoundLayer): GEMM over T·B rows"
                               " + LayerNorm over all T·B rows + fused neuron loop (xla)")
-    assert steps[2].path is Path.NEURON_LOOP and steps[2].impl is Impl.XLA and steps[2].address == (0, 2)
+    assert isinstance(steps[2].spec, NeuronLoop) and steps[2].impl is Impl.XLA and steps[2].address == (0, 2)
     assert "sub 2 (LIF)" in steps[2].where
 
 
@@ -208,7 +209,7 @@ def test_explain_recurrent_compound():
     assert [c.kind for c in plan.components] == ["recurrent-compound", "stateless", "neuron"]
     rec = plan.components[0]
     assert rec.layers == (0,) and rec.cyclic
-    assert [s.path for s in rec.steps] == [Path.GEMM, Path.RECURRENT_LOOP]
+    assert [type(s.spec) for s in rec.steps] == [RecurrentLoop]
     assert rec.loop.impl is Impl.XLA
     assert all(s.reason is None for s in rec.steps)
 
@@ -243,7 +244,7 @@ def test_explain_self_loop_on_a_neuron_is_a_cycle():
     assert [(c.layers, c.cyclic, c.kind) for c in plan.components] == [((0,), False, "stateless"), ((1,), True, "cycle")]
     # a recurrence of the neuron with delay 1: the delay loop, no fallback (tests/test_delay_loop.py)
     step = plan.components[1].steps[0]
-    assert step.path is Path.DELAY_LOOP and step.reason is None and "delay 1" in step.where
+    assert isinstance(step.spec, DelayLoop) and step.reason is None and "delay 1" in step.where
 
 
 @pytest.mark.parametrize("build, word", [(custom_forward_model, "forward_fn"), (custom_loop_model, "loop_fn")])
@@ -386,7 +387,7 @@ def test_backend_context_manager_selects_path():
 
 
 def test_same_jitted_function_is_retraced_per_backend_block(monkeypatch):
-    """dispatch.backend(): "the choice is part of JAX's jit cache key, so the same jitted function
+    """snnkern.backend(): "the choice is part of JAX's jit cache key, so the same jitted function
     traced inside two different blocks gets two traces (and each runs the path it asked for)"."""
     import snnkern.snn.architecture as arch
 
@@ -492,7 +493,7 @@ def test_pallas_backend_runs_or_falls_back_with_reason(name, build):
     with snnkern.backend(name):
         plan = snnkern.explain(model, (3,))
         jaxpr = _jaxpr(model)
-    kernel_steps = [s for s in plan.steps if s.path.is_loop]
+    kernel_steps = [s for s in plan.steps if s.spec.is_loop]
     assert kernel_steps
     fell_back = [s for s in kernel_steps if not s.impl.is_pallas]
     for s in fell_back:

@@ -17,8 +17,8 @@ import pytest
 import snnkern
 from snnkern import snn
 from snnkern.kernels import pallas_neuron as PN
-from snnkern.kernels.spec import DelayLoopSpec, Impl, NeuronLoopSpec, RecurrentLoopSpec
-from snnkern.plan import Kind, Path, PlanPath, recorded_plans
+from snnkern.plan import Impl, recorded_plans
+from snnkern.plan.strategies import AutodiffScan, ComponentScan, DelayLoop, NeuronLoop, RecurrentLoop
 from snnkern.plan.protocol import AbstractNeuron, is_neuron
 from snnkern.snn.layers.stateful import Neuron
 
@@ -137,18 +137,17 @@ def test_traced_plan_equals_explain(build, backend, platform):
     assert ran[0].fallbacks == expected.fallbacks
     assert expected.platform == {"cpu": jax.default_backend(), "cuda": "gpu", "tpu": "tpu"}[platform]
     if backend == "reference":
-        assert expected.path is PlanPath.REFERENCE and not expected.components
+        assert expected.reference and not expected.components
         return
-    assert expected.path is PlanPath.PLANNED
-    loops = [s for s in expected.steps if s.path.is_loop]
+    assert not expected.reference
+    loops = [s for s in expected.steps if s.spec.is_loop]
     assert loops
     for s in loops:
-        assert isinstance(s.spec, {Path.NEURON_LOOP: NeuronLoopSpec, Path.RECURRENT_LOOP: RecurrentLoopSpec,
-                                   Path.DELAY_LOOP: DelayLoopSpec}[s.path])
+        assert isinstance(s.spec, (NeuronLoop, RecurrentLoop, DelayLoop))
         # a Pallas spec always carries its tiling; an XLA one never does; a fallback says why
-        assert (s.spec.tiling is not None) == s.impl.is_pallas
+        assert (getattr(s.spec, "tiling", None) is not None) == s.impl.is_pallas
         # (the delay loop is XLA on every platform: its planned path, not a fallback)
-        if backend in ("pallas", "pallas-interpret") and s.impl is Impl.XLA and s.path is not Path.DELAY_LOOP:
+        if backend in ("pallas", "pallas-interpret") and s.impl is Impl.XLA and not isinstance(s.spec, DelayLoop):
             assert s.reason, f"{s.where}: fell back to XLA without a reason"
     kernels_possible = backend == "pallas-interpret" or (backend in ("pallas", "auto") and platform != "cpu")
     if kernels_possible:
@@ -165,7 +164,7 @@ def test_ineligible_parameter_shows_in_explain_before_tracing(backend):
     with _Context(backend, "cuda" if backend == "pallas" else "cpu"):
         plan = snnkern.explain(model, (N_IN,))
     step = [s for s in plan.steps if s.where.startswith("layer 2")][0]
-    assert step.path is Path.NEURON_LOOP and step.impl is Impl.XLA
+    assert isinstance(step.spec, NeuronLoop) and step.impl is Impl.XLA
     assert "does not broadcast" in step.reason
     assert step.address == (2,)
     with _Context(backend, "cuda" if backend == "pallas" else "cpu"), snnkern.strict():
@@ -185,7 +184,7 @@ def test_ineligible_parameter_shows_in_explain_before_tracing(backend):
 
 def test_kernel_raises_on_input_it_cannot_take():
     layer = SummedGain()
-    from snnkern.plan.planner import neuron_step
+    from snnkern.plan.seq import neuron_step
     xs = jnp.ones((4, 3))
     with pytest.raises(ValueError, match="cannot take this loop: a parameter does not broadcast"):
         PN.neuron_loop(neuron_step(layer), layer.params(), layer.init_state((3,)), xs, interpret=True)
@@ -193,14 +192,13 @@ def test_kernel_raises_on_input_it_cannot_take():
 
 def test_plan_is_typed():
     plan = snnkern.explain(recurrent_model(), (N_IN,))
-    assert [c.kind for c in plan.components] == [Kind.RECURRENT, Kind.STATELESS, Kind.NEURON]
+    assert [c.kind for c in plan.components] == ["recurrent-compound", "stateless", "neuron"]
     rec = plan.components[0]
-    assert [s.path for s in rec.steps] == [Path.GEMM, Path.RECURRENT_LOOP]
+    assert [type(s.spec) for s in rec.steps] == [RecurrentLoop]
     spec = rec.loop.spec
-    assert spec == RecurrentLoopSpec(Impl.XLA, spike_idx=(2,), want_out=False, want_cur=False)
+    assert spec == RecurrentLoop(Impl.XLA, spike_idx=(2,), want_out=False, want_cur=False)
     neuron = plan.components[2].loop.spec
-    assert neuron == NeuronLoopSpec(Impl.XLA, spike_idx=(1,), want_out=True, want_read=False,
-                                    out_is_last_state=True)
+    assert neuron == NeuronLoop(Impl.XLA, spike_idx=(1,), want_out=True, want_read=False, out_is_last_state=True)
     with snnkern.backend("pallas-interpret"):
         spec = snnkern.explain(recurrent_model(), (N_IN,)).components[0].loop.spec
     assert spec.impl is Impl.PALLAS_INTERPRET and spec.tiling.target == "gpu" and spec.resident_w is True
@@ -283,8 +281,8 @@ def test_issue14_patterns_plan_no_autodiff_scan(name, platform):
     model = PATTERNS[name]()
     with _Context("auto", platform):
         plan = snnkern.explain(model, (N_IN,), T=T)
-    paths = {s.path for s in plan.steps}
-    assert not paths & {Path.SCAN, Path.COMPONENT_SCAN}, str(plan)
+    paths = {type(s.spec) for s in plan.steps}
+    assert not paths & {AutodiffScan, ComponentScan}, str(plan)
     assert any(c.cyclic for c in plan.components)
     if name in ONE_NEURON:
         assert plan.fallbacks == [], str(plan)

@@ -15,8 +15,8 @@ import pytest
 
 import snnkern
 from snnkern import snn
-from snnkern.kernels.spec import Impl
-from snnkern.plan import Kind, Path
+from snnkern.plan import Impl
+from snnkern.plan.strategies import RecurrentLoop
 
 
 def _chain(n_in, n, key, mids, neuron):
@@ -80,8 +80,8 @@ def test_recurrent_chain_matches_reference(kind, backend):
     assert all(0.02 <= r <= 0.98 for r in rates), f"both chains must fire (2-98 %): {rates}"
     with snnkern.backend(backend):
         plan = snnkern.explain(model, (3, 4))
-    loops = [s for s in plan.steps if s.path is Path.RECURRENT_LOOP]
-    assert [c.kind for c in plan.components] == [Kind.STATELESS, Kind.RECURRENT, Kind.RECURRENT, Kind.STATELESS]
+    loops = [s for s in plan.steps if isinstance(s.spec, RecurrentLoop)]
+    assert [c.kind for c in plan.components] == ["stateless", "recurrent-compound", "recurrent-compound", "stateless"]
     assert len(loops) == 2
     if backend == "pallas-interpret":
         # n = 16 is not padded; the kernel takes the chain unless a per-step layer has parameters
@@ -103,7 +103,7 @@ def test_padded_neurons_keep_layernorm_chains_on_xla():
     model = recmlp(jax.random.PRNGKey(0), n=12)
     with snnkern.backend("pallas-interpret"):
         plan = snnkern.explain(model, (3, 4))
-    loops = [s for s in plan.steps if s.path is Path.RECURRENT_LOOP]
+    loops = [s for s in plan.steps if isinstance(s.spec, RecurrentLoop)]
     assert loops and all(s.impl is Impl.XLA and "padded to 16" in s.reason for s in loops), str(plan)
 
 
@@ -124,5 +124,5 @@ def test_a_linear_subclass_as_recurrent_branch_is_not_fused():
                             snn.LIF([0.9, 0.8]))
     model = snn.SequentialLocalFeedback(rec, eqx.nn.Linear(8, 2, key=k[2]), feedback_layers=None)
     plan = snnkern.explain(model, (5,))
-    assert plan.components[0].kind is Kind.CYCLE
+    assert plan.components[0].kind == "cycle"
     assert "LinearNonDiag, not a vector eqx.nn.Linear" in plan.fallbacks[0]

@@ -12,6 +12,7 @@ import numpy as np
 from .. import __version__
 from .. import snn
 from ..plan.protocol import is_stateful, layer_output
+from ..plan.wiring import sources
 from . import _common as C
 from .layers import Recurrent, Scale, Threshold
 
@@ -85,11 +86,10 @@ class _Exporter:
 
     def leaf(self, name: str, layer, shape: tuple, state, where: str):
         """NIR node(s) of one layer: ``(entry, exit, out_shape, n_stateful_nodes, tree)``."""
-        nir, S, dt = self.nir, tuple(shape), self.dt
+        nir, S = self.nir, tuple(shape)
         cls = type(layer).__name__
         tree = {"k": "leaf", "cls": cls, "n": [name]}
         info = {"class": cls}
-        zeros, ones = np.zeros(S, np.float32), np.ones(S, np.float32)
         if isinstance(layer, _PASS_THROUGH) or isinstance(layer, eqx.nn.Dropout):
             if isinstance(layer, eqx.nn.Dropout):
                 self.refuse(where, "NIR has no random node", "exported as the identity (its inference-mode behaviour)")
@@ -121,8 +121,22 @@ class _Exporter:
             self.add(name, nir.Threshold(threshold=C.threshold_to_nir(layer.threshold, S), metadata=self.meta(info)))
             return name, name, S, 0, tree
         if isinstance(layer, (snn.SimpleLI, snn.SimpleLIF, snn.LIF, snn.AdaptiveLIF, snn.SimpleIAF)):
-            self.check_zero_state(state, where)
-            info["decay"] = C.form_of(getattr(layer, "decay_constants", None))
+            return self.neuron(name, layer, S, state, where, info, tree)
+        reasons = {
+            "IAF": "NIR has no current-based IF (CubaLIF's membrane always leaks; IAF's integrates without leak)",
+            "SigmaDelta": "NIR has no sigma-delta neuron",
+            "LayerNorm": "NIR has no normalisation node",
+            "SpikingMaxPool1d": "NIR has no (1-d) max pooling",
+            "MaxPool2d": "NIR has no max pooling", "MaxPool1d": "NIR has no max pooling",
+        }
+        self.refuse(where, reasons.get(cls, f"there is no NIR node for a {cls}"))
+
+    def neuron(self, name, layer, S, state, where, info, tree):
+        """The NIR node of a neuron with a NIR counterpart (LI, LIF, CubaLIF, IF)."""
+        nir, dt, cls = self.nir, self.dt, type(layer).__name__
+        zeros, ones = np.zeros(S, np.float32), np.ones(S, np.float32)
+        self.check_zero_state(state, where)
+        info["decay"] = C.form_of(getattr(layer, "decay_constants", None))
         if isinstance(layer, snn.SimpleLI):
             node = nir.LI(tau=C.decay_to_tau(layer.decay_constants[0], dt, S), r=ones, v_leak=zeros,
                           metadata=self.meta(info))
@@ -167,14 +181,6 @@ class _Exporter:
                           v_reset=zeros, metadata=self.meta(info))
             self.add(name, node)
             return name, name, S, 1, tree
-        reasons = {
-            "IAF": "NIR has no current-based IF (CubaLIF's membrane always leaks; IAF's integrates without leak)",
-            "SigmaDelta": "NIR has no sigma-delta neuron",
-            "LayerNorm": "NIR has no normalisation node",
-            "SpikingMaxPool1d": "NIR has no (1-d) max pooling",
-            "MaxPool2d": "NIR has no max pooling", "MaxPool1d": "NIR has no max pooling",
-        }
-        self.refuse(where, reasons.get(cls, f"there is no NIR node for a {cls}"))
 
     def conv2d(self, name, layer, S, where, info, tree):
         if layer.padding_mode != "ZEROS":
@@ -295,21 +301,8 @@ class _Exporter:
         n = struct.num_layers
         states = model.init_state(self.in_shape, jax.random.PRNGKey(0))
         expo = [np.asarray(_exposure(layers[j], states[j])) for j in range(n)]
-        srcs = [[("x", e) for e in struct.input_layer_ids[i]] + [("l", j) for j in struct.input_connectivity[i]]
-                for i in range(n)]
-        frags, trees = [], []
-        for i, layer in enumerate(layers):
-            where = f"layer {i} ({type(layer).__name__})"
-            shapes = [self.in_shape if kind == "x" else tuple(expo[j].shape) for kind, j in srcs[i]]
-            if isinstance(layer, snn.CompoundLayer):
-                head_par = isinstance(layer.layers[0], snn.Parallel)
-                ports, exit_, _, k, tr = self.chain(f"l{i}", layer.layers, shapes if head_par else shapes[0],
-                                                    states[i], where)
-                tree = {"k": "compound", "subs": tr}
-            else:
-                ports, exit_, _, k, tree = self.part(f"l{i}", layer, shapes[0], states[i], where)
-            frags.append((ports, exit_, k))
-            trees.append(tree)
+        srcs = [[("x" if s.external else "l", s.index) for s in sources(struct, i)] for i in range(n)]
+        frags, trees = self.fragments(layers, states, srcs, expo)
 
         succ = [[] for _ in range(n)]
         for i in range(n):
@@ -365,6 +358,30 @@ class _Exporter:
         if len(set(self.edges)) != len(self.edges):
             raise C.NIRConversionError("cannot export to NIR: the model sends the same value twice into one layer "
                                        "(NIR edges are unique)")
+        return nir.NIRGraph(nodes=dict(self.nodes), edges=list(self.edges), metadata=self.metadata(trees),
+                            type_check=True)
+
+    def fragments(self, layers, states, srcs, expo):
+        """Each layer's NIR nodes: ``([(ports, exit, n_stateful)], [structure tree])``."""
+        frags, trees = [], []
+        for i, layer in enumerate(layers):
+            where = f"layer {i} ({type(layer).__name__})"
+            shapes = [self.in_shape if kind == "x" else tuple(expo[j].shape) for kind, j in srcs[i]]
+            if isinstance(layer, snn.CompoundLayer):
+                head_par = isinstance(layer.layers[0], snn.Parallel)
+                ports, exit_, _, k, tr = self.chain(f"l{i}", layer.layers, shapes if head_par else shapes[0],
+                                                    states[i], where)
+                tree = {"k": "compound", "subs": tr}
+            else:
+                ports, exit_, _, k, tree = self.part(f"l{i}", layer, shapes[0], states[i], where)
+            frags.append((ports, exit_, k))
+            trees.append(tree)
+        return frags, trees
+
+    def metadata(self, trees) -> dict:
+        """The graph's metadata: what was written, how, and the model's structure (for the import)."""
+        model, dt = self.model, self.dt
+        struct, n = model.graph_structure, model.graph_structure.num_layers
         structure = {"model": type(model).__name__, "in_shape": list(self.in_shape), "layers": trees,
                      "graph": [n, [list(v) for v in struct.input_layer_ids], list(struct.final_layer_ids),
                                [list(v) for v in struct.input_connectivity]]}
@@ -375,7 +392,7 @@ class _Exporter:
         if self.approx:
             meta["approximations"] = dict(self.approx)
         meta[C.META_KEY] = json.dumps({"structure": structure, "dt": dt, "approximate": bool(self.approximate)})
-        return nir.NIRGraph(nodes=dict(self.nodes), edges=list(self.edges), metadata=meta, type_check=True)
+        return meta
 
     def rec_subgraph(self, i, layer, srcs) -> bool:
         """A recurrent compound ``CompoundLayer(Parallel([ff, rec]), ...)`` with its self-edge at the

@@ -308,36 +308,7 @@ class _Importer:
 
     def assemble(self, inp, in_shape, outputs, compute, mods):
         W = self.W
-        cset = set(compute)
-        parent = {k: k for k in compute}
-
-        def find(k):
-            while parent[k] != k:
-                parent[k] = parent[parent[k]]
-                k = parent[k]
-            return k
-
-        preds0, succ0, outer = defaultdict(list), defaultdict(list), defaultdict(list)
-        in_items = defaultdict(list)      # node -> its inputs in edge order: ("p", pred) | ("o", (src, k))
-        for u, v, k in W:
-            if v not in cset:
-                continue
-            if k == 0 and u in cset:
-                preds0[v].append(u)
-                succ0[u].append(v)
-                in_items[v].append(("p", u))
-                parent[find(u)] = find(v)
-            else:
-                outer[v].append((u, k))
-                in_items[v].append(("o", (u, k)))
-        for k in compute:
-            if len(succ0[k]) > 1:
-                self.err(f"node {k!r} feeds {succ0[k]} within the same step; snnkern chains layers within a "
-                         f"step (a CompoundLayer), so a node can feed only one node without a Delay")
-        regions = defaultdict(list)
-        for k in compute:
-            regions[find(k)].append(k)
-
+        find, preds0, succ0, outer, in_items, regions = self.regions(compute)
         rank = self.reachability(inp, compute)
         layers, ilid, conn = [], [], []
         info = {}   # region id -> (layer index, tail)
@@ -399,8 +370,48 @@ class _Importer:
                     self.err(f"node {u!r} feeds Output {o!r} and {succ0[u]} within the step; only the last node "
                              f"of a chain can be an output")
                 final.append(lid)
+        return self.model(layers, ilid, conn, final), in_shape
+
+    def regions(self, compute):
+        """The compute nodes joined by 0-delay edges (each region becomes one layer, a chain within a
+        step): ``(find, preds0, succ0, outer, in_items, regions)``."""
+        W = self.W
+        cset = set(compute)
+        parent = {k: k for k in compute}
+
+        def find(k):
+            while parent[k] != k:
+                parent[k] = parent[parent[k]]
+                k = parent[k]
+            return k
+
+        preds0, succ0, outer = defaultdict(list), defaultdict(list), defaultdict(list)
+        in_items = defaultdict(list)      # node -> its inputs in edge order: ("p", pred) | ("o", (src, k))
+        for u, v, k in W:
+            if v not in cset:
+                continue
+            if k == 0 and u in cset:
+                preds0[v].append(u)
+                succ0[u].append(v)
+                in_items[v].append(("p", u))
+                parent[find(u)] = find(v)
+            else:
+                outer[v].append((u, k))
+                in_items[v].append(("o", (u, k)))
+        for k in compute:
+            if len(succ0[k]) > 1:
+                self.err(f"node {k!r} feeds {succ0[k]} within the same step; snnkern chains layers within a "
+                         f"step (a CompoundLayer), so a node can feed only one node without a Delay")
+        regions = defaultdict(list)
+        for k in compute:
+            regions[find(k)].append(k)
+        return find, preds0, succ0, outer, in_items, regions
+
+    @staticmethod
+    def model(layers, ilid, conn, final):
+        """The model of ``layers`` wired by ``ilid`` / ``conn`` / ``final``, sources listed before
+        consumers (``init_state`` walks the list; back edges only on cycles); a chain is a Sequential."""
         n = len(layers)
-        # sources before consumers (init_state walks the list; back edges only on cycles)
         order, done = [], set()
         while len(order) < n:
             ready = [i for i in range(n) if i not in done and all(j in done or j == i for j in conn[i])]
@@ -413,9 +424,9 @@ class _Importer:
         conn = [[new[j] for j in conn[i]] for i in order]
         final = [new[f] for f in final]
         if (ilid == [[0]] + [[]] * (n - 1) and conn == [[]] + [[i] for i in range(n - 1)] and final == [n - 1]):
-            return snn.Sequential(*layers), in_shape
+            return snn.Sequential(*layers)
         graph = snn.GraphStructure(n, input_layer_ids=ilid, final_layer_ids=final, input_connectivity=conn)
-        return snn.StatefulModel(graph, layers), in_shape
+        return snn.StatefulModel(graph, layers)
 
     def reachability(self, inp, compute) -> Dict[str, int]:
         succ = defaultdict(list)

@@ -1,111 +1,80 @@
 """The plan's types: what runs each component of a model, and why (docs/plans.md).
 
 A :class:`Plan` holds no arrays; it is made once per trace from the model and its abstract inputs
-(:func:`~snnkern.plan.planner.make_plan`), the runner executes exactly it, and
-``snnkern.explain`` returns the same value.
+(:func:`~snnkern.plan.planner.make_plan`), the runner executes exactly it, and ``snnkern.explain``
+returns the same value. What runs a step is its ``spec``: a frozen value whose type is the strategy
+(``snnkern.plan.strategies``) and whose fields are that strategy's decisions.
 """
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple, Union
+from typing import Any, Iterator, List, Optional, Tuple
 
-from snnkern.kernels.spec import DelayLoopSpec, Impl, NeuronLoopSpec, RecurrentLoopSpec
+from .impl import Impl
 
-__all__ = ["Kind", "Path", "PlanPath", "Step", "Component", "Plan", "Impl", "LoopSpec"]
-
-LoopSpec = Union[NeuronLoopSpec, RecurrentLoopSpec, DelayLoopSpec]
-
-
-class PlanPath(str, enum.Enum):
-    PLANNED = "planned"          # layer-major, component by component
-    REFERENCE = "reference"      # the time-major lax.scan of default_forward_fn (or a custom forward_fn)
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class Kind(str, enum.Enum):
-    """What a component is."""
-
-    STATELESS = "stateless"              # one stateless layer
-    NEURON = "neuron"                    # one neuron
-    COMPOUND = "compound"                # a CompoundLayer outside any cycle
-    STATEFUL = "stateful"                # another stateful layer outside any cycle
-    RECURRENT = "recurrent-compound"     # CompoundLayer([Parallel([..., Linear_rec]), neuron]) with a self-edge
-    CYCLE = "cycle"                      # any other strongly connected component
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class Path(str, enum.Enum):
-    """How one step of a component runs over the whole sequence."""
-
-    BATCHED = "batched over T (one call)"
-    GEMM = "one GEMM over all T·B rows"
-    NEURON_LOOP = "neuron loop (custom VJP)"
-    RECURRENT_LOOP = "recurrent loop (custom VJP)"
-    SCAN = "scan (autodiff)"
-    COMPONENT_SCAN = "scan of the component (autodiff)"
-    COMPONENT_LOOP = "component loop (custom VJP)"
-    DELAY_LOOP = "delay loop (custom VJP)"          # a cycle of affine layers through one neuron
-
-    @property
-    def is_loop(self) -> bool:
-        """A fused time loop with a hand-written backward pass."""
-        return self in (Path.NEURON_LOOP, Path.RECURRENT_LOOP, Path.DELAY_LOOP)
-
-    def __str__(self) -> str:
-        return self.value
+__all__ = ["Step", "Component", "Plan", "Impl"]
 
 
 @dataclass(frozen=True)
 class Step:
-    """How one layer (or sub-layer, or part of a layer) runs over the sequence.
+    """How one layer (or sub-layer, or cycle) runs over the sequence.
 
-    ``address``: the layer index, then sub-layer indices inside compounds; ``spec``: the loop's
-    frozen spec for loop paths (the runner hands it to the loop unchanged); ``reason``: why this is
-    not the path asked for (None if it is)."""
+    ``spec``: the strategy that runs it, with its decisions; ``address``: the layer index, then
+    sub-layer indices inside compounds (a cycle: its layer ids); ``reason``: why this is not the path
+    asked for (None if it is)."""
 
     where: str
-    path: Path
+    spec: Any
     address: Tuple[int, ...] = ()
-    spec: Optional[LoopSpec] = None
     reason: Optional[str] = None
 
     @property
     def impl(self) -> Optional[Impl]:
-        return None if self.spec is None else self.spec.impl
+        """The implementation of a fused loop (None for other strategies)."""
+        return getattr(self.spec, "impl", None)
 
     def describe(self) -> str:
-        return f"{self.path}" + (f" [{self.spec.describe()}]" if self.spec is not None else "")
+        return self.spec.describe()
+
+    def leaves(self) -> Iterator["Step"]:
+        """This step, or the steps it is made of (a compound's sub-layers)."""
+        parts = getattr(self.spec, "parts", None)
+        if parts is None:
+            yield self
+        else:
+            for p in parts:
+                yield from p.leaves()
 
 
 @dataclass(frozen=True)
 class Component:
-    """A strongly connected component of the layer graph (``cyclic``: it has a cycle)."""
+    """A strongly connected component of the layer graph (``cyclic``: it has a cycle), run by ``step``."""
 
     layers: Tuple[int, ...]
     cyclic: bool
-    kind: Kind
-    steps: Tuple[Step, ...]
+    step: Step
 
-    def spec_at(self, address: Tuple[int, ...]) -> Optional[LoopSpec]:
-        for s in self.steps:
-            if s.address == address and s.spec is not None:
-                return s.spec
-        return None
+    @property
+    def kind(self) -> str:
+        """What the component is, as its strategy names it (``neuron``, ``cycle``, ...)."""
+        return self.step.spec.kind
+
+    @property
+    def steps(self) -> Tuple[Step, ...]:
+        return tuple(self.step.leaves())
 
     @property
     def loop(self) -> Optional[Step]:
         """The component's (first) fused loop step, if it has one."""
-        return next((s for s in self.steps if s.path.is_loop), None)
+        return next((s for s in self.steps if getattr(s.spec, "is_loop", False)), None)
 
 
 @dataclass(frozen=True)
 class Plan:
-    path: PlanPath
+    """``reference``: the time-major ``lax.scan`` of ``default_forward_fn`` runs (``reason`` says why
+    when it was not asked for); else the components run layer-major, in this order."""
+
+    reference: bool
     components: Tuple[Component, ...] = ()
     reason: Optional[str] = None             # why the reference path runs
     backend: str = "auto"                    # the backend asked for
@@ -115,11 +84,14 @@ class Plan:
     chains: Tuple[str, ...] = ()             # the runs of layers that execute together, one line each
 
     @property
+    def path(self) -> str:
+        """``"reference"`` or ``"planned"``."""
+        return "reference" if self.reference else "planned"
+
+    @property
     def fallbacks(self) -> List[str]:
         out = [self.reason] if self.reason else []
-        for c in self.components:
-            out += [f"{s.where}: {s.reason}" for s in c.steps if s.reason]
-        return out
+        return out + [f"{s.where}: {s.reason}" for s in self.steps if s.reason]
 
     @property
     def steps(self) -> List[Step]:
@@ -138,8 +110,7 @@ class Plan:
         if self.chains:
             lines.append("  chains:")
             lines += [f"    {c}" for c in self.chains]
-        for note in self.notes:
-            lines.append(f"  note: {note}")
+        lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
     __repr__ = __str__

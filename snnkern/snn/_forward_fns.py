@@ -11,6 +11,7 @@ import jax
 import jax.random as jrand
 
 from ..plan.protocol import call_layer, keep_dtypes, layer_output, merge_inputs
+from ..plan.wiring import gather
 
 __all__ = ["ForwardFnOutput", "ForwardFn", "delayed_forward_fn"]
 
@@ -49,7 +50,7 @@ def delayed_forward_fn(layers: Sequence[Any], struct, key: jax.Array, carry, bat
     keys = jrand.split(key, len(layers))
     new_states, outs = [], []
     for i, layer in enumerate(layers):
-        received = [xs[e] for e in struct.input_layer_ids[i]] + [reads[j] for j in struct.input_connectivity[i]]
+        received = gather(struct, i, lambda e: xs[e], lambda j: reads[j])
         state, out = call_layer(layer, states[i], merge_inputs(layer, received), keys[i])
         new_states.append(keep_dtypes(state, states[i]))   # the scan carry keeps its dtypes
         outs.append(out)

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import jax.random as jrand
 
-from ..plan import Plan, PlanPath, make_plan, run_plan
+from ..plan import Plan, make_plan, run_plan
+from ..plan.wiring import gather
 from ..plan.protocol import AbstractParallel, call_layer, entry_module, keep_dtypes, is_stateful, layer_output, merge_inputs
 from .checks import (InputMergeError, apply_stateless, check_call, check_merges_at_construction, describe_layer,
                      expected_in_shape, init_layer, init_states, normalise_in_shapes)
@@ -40,8 +41,7 @@ def default_forward_fn(layers: Sequence[eqx.Module], struct: GraphStructure, key
     keys = jrand.split(key, len(layers))
     new_states, outs = [], []
     for i, layer in enumerate(layers):
-        inputs = [data[e] for e in struct.input_layer_ids[i]]
-        inputs += [layer_output(layers[j], states[j]) for j in struct.input_connectivity[i]]
+        inputs = gather(struct, i, lambda e: data[e], lambda j: layer_output(layers[j], states[j]))
         new_state, out = call_layer(layer, states[i], merge_inputs(layer, inputs), keys[i])
         new_states.append(keep_dtypes(new_state, states[i]))
         outs.append(out)
@@ -129,7 +129,7 @@ class StatefulModel(eqx.Module):
         xs = [input_batch] if single else list(input_batch)
         check_call(self, input_states, xs, key, burnin)
         plan = self.plan(_abstract(xs), _abstract(input_states), arrays=xs)
-        if plan.path is PlanPath.REFERENCE:
+        if plan.reference:
             batch = xs[0] if single else xs
             forward = ft.partial(self.forward_fn, self.layers, self.graph_structure, key)
             run = lambda states, batch: self.loop_fn(forward, states, batch)  # noqa: E731

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jrand
 
+from ..plan.wiring import sources
 from ..plan.protocol import entry_module, is_stateful, layer_output, merge_inputs, takes_input_list
 from .layers.stateful import as_shape
 
@@ -86,6 +87,11 @@ def normalise_in_shapes(in_shape) -> List[tuple]:
     raise TypeError(f"in_shape must be a shape tuple (e.g. (10,)) or a list of shapes, got {in_shape!r}")
 
 
+def _sources(struct, i) -> list:
+    """Layer i's inputs in merge order, as ``("x", external input)`` / ``("l", source layer)``."""
+    return [("x" if s.external else "l", s.index) for s in sources(struct, i)]
+
+
 def _source_name(layers, src) -> str:
     kind, j = src
     return f"external input {j}" if kind == "x" else describe_layer(j, layers[j])
@@ -112,7 +118,7 @@ def init_states(model, in_shape, key: Optional[jax.Array] = None) -> list:
     assumed = []  # (target, source j, assumed shape) for sources read before they are initialised
     for i, layer in enumerate(layers):
         where = describe_layer(i, layer)
-        srcs = [("x", e) for e in struct.input_layer_ids[i]] + [("l", j) for j in struct.input_connectivity[i]]
+        srcs = _sources(struct, i)
         values = []
         for kind, j in srcs:
             if kind == "x":
@@ -127,7 +133,7 @@ def init_states(model, in_shape, key: Optional[jax.Array] = None) -> list:
         states[i], outs[i] = init_layer(layer, merge_inputs(layer, values), keys[i], where)
     for i, j, shape in assumed:
         if tuple(outs[j].shape) != shape:
-            srcs = [("x", e) for e in struct.input_layer_ids[i]] + [("l", s) for s in struct.input_connectivity[i]]
+            srcs = _sources(struct, i)
             values = [jnp.zeros(in_shapes[s]) if kind == "x" else outs[s] for kind, s in srcs]
             raise InputMergeError(_merge_message(model,
                 i, srcs, values,

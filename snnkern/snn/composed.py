@@ -118,11 +118,10 @@ class Parallel(AbstractParallel):
 
     def _sum(self, outs):
         try:
-            shape = jnp.broadcast_shapes(*[jnp.shape(o) for o in outs])
+            jnp.broadcast_shapes(*[jnp.shape(o) for o in outs])
         except ValueError:
             raise ValueError("Parallel: branch outputs do not broadcast to one shape: "
                              f"{[tuple(jnp.shape(o)) for o in outs]}") from None
-        del shape
         total = outs[0]
         for o in outs[1:]:
             total = total + o

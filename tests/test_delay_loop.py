@@ -227,7 +227,8 @@ def test_delay_loop_is_the_planned_path_on_accelerators(platform, backend):
 def test_explain_shows_the_delay_loop():
     text = str(snnkern.explain(MODELS["fb-3-2"][0](jax.random.PRNGKey(0)), (N_IN,)))
     row = "layers 2-3: Linear -> LIF: a recurrence through one neuron, delay 2 delay loop (custom VJP) [xla, delay 2]"
-    chain = "layers 2-3: Linear -> LIF: a recurrence through one neuron, delay 2: GEMM over T·B rows + fused delay-2 loop (xla)"
+    chain = ("layers 2-3: Linear -> LIF: a recurrence through one neuron, delay 2: GEMM over T·B rows + fused "
+             "delay-2 loop (xla)")
     assert row in text and chain in text and "fallback" not in text, text
     text = str(snnkern.explain(MODELS["self-1"][0](jax.random.PRNGKey(0)), (N_IN,)))
     assert "layer 1: LIF: a recurrence through one neuron, delay 1: fused delay-1 loop (xla)" in text, text

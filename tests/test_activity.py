@@ -108,13 +108,13 @@ def test_record_burnin_jit_vmap():
     xb = data((2, T, N_IN), seed=1)
     full = jax.jit(jax.vmap(lambda xx: activity.record(model, st, xx, KEY)))(xb)
     assert [o.shape for o in full] == [(2, T, H), (2, T, H), (2, T, C), (2, T, C)]
+    one = jax.jit(lambda xx: activity.record(model, st, xx, KEY))
     for b in range(2):
-        one = activity.record(model, st, xb[b], KEY)
-        for o, f in zip(one, full):
+        for o, f in zip(one(xb[b]), full):
             np.testing.assert_allclose(np.asarray(o), np.asarray(f[b]), atol=OUT_ATOL, rtol=OUT_RTOL)
-    burnt = activity.record(model, st, xb[0], KEY, burnin=2)
+    burnt, want = jax.jit(lambda xx: (activity.record(model, st, xx, KEY, burnin=2),
+                                      model(st, xx, KEY, burnin=2)[1][-1]))(xb[0])
     assert [o.shape[0] for o in burnt] == [T - 2] * 4
-    want = model(st, xb[0], KEY, burnin=2)[1][-1]
     np.testing.assert_allclose(np.asarray(burnt[-1]), np.asarray(want), atol=OUT_ATOL, rtol=OUT_RTOL)
 
 
@@ -129,10 +129,11 @@ def test_firing_rates_hand_case():
     st = model.init_state((2,), KEY)
     x = jnp.ones((6, 2))
     assert activity.spiking_layers(model) == [1]                       # SimpleLI's output is a membrane
-    rates = activity.firing_rates(model, st, x, KEY)
+    rates, rec, burnt = jax.jit(lambda xx: (activity.firing_rates(model, st, xx, KEY), activity.record(model, st, xx, KEY),
+                                            activity.firing_rates(model, st, xx, KEY, burnin=3)))(x)
     assert list(rates) == [1] and float(rates[1]) == pytest.approx(1 / 3, abs=1e-7)
-    np.testing.assert_array_equal(np.asarray(activity.record(model, st, x, KEY)[1][:, 0]), [0, 0, 1, 0, 1, 0])
-    burnt = activity.firing_rates(model, st, x, KEY, burnin=3)        # steps 3..5: one spike in 3
+    np.testing.assert_array_equal(np.asarray(rec[1][:, 0]), [0, 0, 1, 0, 1, 0])
+    # burnin=3: steps 3..5, one spike in 3
     assert float(burnt[1]) == pytest.approx(1 / 3, abs=1e-7)
     batched = jax.jit(jax.vmap(lambda xx: activity.firing_rates(model, st, xx, KEY)))(jnp.stack([x, 0 * x]))
     np.testing.assert_allclose(np.asarray(batched[1]), [1 / 3, 0.0], atol=1e-7)
@@ -143,8 +144,8 @@ def test_firing_rates_compound_reports_its_neuron():
     st = model.init_state((N_IN,), KEY)
     x = data((T, N_IN), seed=2)
     assert activity.spiking_layers(model) == [0]
-    rate = float(activity.firing_rates(model, st, x, KEY)[0])
-    spikes = activity.record(model, st, x, KEY)[0]
+    rates, rec = jax.jit(lambda xx: (activity.firing_rates(model, st, xx, KEY), activity.record(model, st, xx, KEY)))(x)
+    rate, spikes = float(rates[0]), rec[0]
     assert spikes.shape == (T, H) and rate == pytest.approx(float(np.mean(np.asarray(spikes))), abs=1e-7)
     assert 0.0 < rate < 1.0
 
@@ -157,20 +158,21 @@ def test_synaptic_ops_linear_hand_case():
     model = snn.Sequential(eqx.nn.Linear(4, 3, key=KEY), snn.SimpleLIF([0.5], threshold=0.01), eqx.nn.Linear(3, 2, key=KEY))
     st = model.init_state((4,), KEY)
     x = jnp.array([[1, 0, 0, 1], [0, 0, 0, 0], [1, 1, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]], jnp.float32)   # 6 non-zeros
-    ops = activity.synaptic_ops(model, st, x, KEY)
+    ops, rec = jax.jit(lambda xx: (activity.synaptic_ops(model, st, xx, KEY), activity.record(model, st, xx, KEY)))(x)
     assert list(ops) == [(0,), (2,)]
     o = {k: float(v) for k, v in ops[(0,)].items()}
     assert o["synaptic_ops"] == 6 * 3 and o["dense_macs"] == 4 * 3 * 5 and o["spiking_input"] == 1.0
     assert o["energy_pj"] == pytest.approx(18 * 0.9) and o["dense_energy_pj"] == pytest.approx(60 * 4.6)
     # layer 2 reads layer 1's spikes one step late (zeros at t = 0): spikes of steps 0..T-2 x 2 outputs
-    spikes = np.asarray(activity.record(model, st, x, KEY)[1])
+    spikes = np.asarray(rec[1])
     assert spikes[:-1].sum() > 0
     assert float(ops[(2,)]["synaptic_ops"]) == spikes[:-1].sum() * 2 and float(ops[(2,)]["dense_macs"]) == 3 * 2 * 5
     # non-binary input: every op needs a multiply (a MAC)
-    half = activity.synaptic_ops(model, st, 0.5 * x, KEY, e_mac=5.0)[(0,)]
+    half, burnt = jax.jit(lambda xx: (activity.synaptic_ops(model, st, 0.5 * xx, KEY, e_mac=5.0)[(0,)],
+                                      activity.synaptic_ops(model, st, xx, KEY, burnin=2)[(0,)]))(x)
     assert float(half["spiking_input"]) == 0.0 and float(half["energy_pj"]) == pytest.approx(18 * 5.0)
     # burn-in: the steps before it are not counted (x[2:] holds 4 non-zeros)
-    assert float(activity.synaptic_ops(model, st, x, KEY, burnin=2)[(0,)]["synaptic_ops"]) == 4 * 3
+    assert float(burnt["synaptic_ops"]) == 4 * 3
 
 
 def test_synaptic_ops_conv_exact_at_borders_and_strides():
@@ -182,11 +184,11 @@ def test_synaptic_ops_conv_exact_at_borders_and_strides():
         model = snn.Sequential(conv, snn.SimpleLIF([0.5]))
         st = model.init_state((1, 5), KEY)
         x = jnp.eye(5, dtype=jnp.float32)[:, None, :]              # step t: one spike at position t
-        o = activity.synaptic_ops(model, st, x, KEY)[(0,)]
+        o = jax.jit(lambda xx: activity.synaptic_ops(model, st, xx, KEY)[(0,)])(x)
         assert float(o["synaptic_ops"]) == 2 * sum(counts)
         n_out = 5 if stride == 1 else 3
         assert float(o["dense_macs"]) == n_out * 2 * (1 * 3) * 5     # outputs x out_ch x (in_ch x kernel) x T
-        per_step = jax.vmap(lambda xt: activity.synaptic_ops(model, st, xt[None], KEY)[(0,)]["synaptic_ops"])(x)
+        per_step = jax.jit(jax.vmap(lambda xt: activity.synaptic_ops(model, st, xt[None], KEY)[(0,)]["synaptic_ops"]))(x)
         np.testing.assert_array_equal(np.asarray(per_step), 2 * np.array(counts, np.float32))
 
 
@@ -227,9 +229,9 @@ def test_rate_penalty_hand_case_and_gradient():
     assert float(activity.rate_penalty({1: s}, 0.1, 0.5)) == pytest.approx(0.25 ** 2)
     u = jax.random.uniform(jax.random.PRNGKey(3), (5, 4))          # mean ~0.5, away from the band's edges
     # finite differences (eps 1e-3) vs autodiff in float32: atol = rtol = 1e-2 (see tests/test_losses.py)
-    check_grads(lambda a: activity.rate_penalty(a, 0.0, 0.2), (u,), order=2, modes=["fwd", "rev"],
+    check_grads(jax.jit(lambda a: activity.rate_penalty(a, 0.0, 0.2)), (u,), order=1, modes=["fwd", "rev"],
                 eps=1e-3, atol=1e-2, rtol=1e-2)
-    check_grads(lambda a: activity.rate_penalty([a, 1 - a], 0.7, 0.9), (u,), order=1, modes=["rev"],
+    check_grads(jax.jit(lambda a: activity.rate_penalty([a, 1 - a], 0.7, 0.9)), (u,), order=1, modes=["fwd", "rev"],
                 eps=1e-3, atol=1e-2, rtol=1e-2)
 
 

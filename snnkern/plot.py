@@ -26,9 +26,10 @@ def _pyplot():
 
 
 def _axes(ax, figsize):
+    """``ax``'s figure, or a new figure of ``figsize`` laid out to fit its labels (constrained layout)."""
     if ax is not None:
         return ax.figure, ax
-    fig, ax = _pyplot().subplots(figsize=figsize)
+    fig, ax = _pyplot().subplots(figsize=figsize, layout="constrained")
     return fig, ax
 
 

@@ -6,6 +6,7 @@ chooses the path (also ``SNNKERN_BACKEND``); ``SNNKERN_STRICT=1`` turns fallback
 ``with snnkern.time_checkpoint("auto"):`` trades one extra forward pass for O(T/K + K) training memory.
 """
 from . import functional, settings, snn, utils
+from . import activity, encode, events, losses, plot
 from .settings import BACKENDS, FallbackError, backend, strict, time_checkpoint
 from .plan import Plan
 
@@ -28,3 +29,5 @@ __version__ = "0.1.0"
 
 __all__ = ["snn", "functional", "utils", "settings", "explain", "backend", "strict", "time_checkpoint", "BACKENDS",
            "FallbackError", "__version__"]
+# the training toolkit (docs/toolkit.md)
+__all__ += ["encode", "losses", "activity", "plot", "events"]

@@ -16,7 +16,8 @@ from snnkern.demo.cli import main, parse_args
 from snnkern.demo.data import (DataError, latency_encode, load_data, load_digits_spikes, load_npz_spikes,
                                load_tonic_spikes)
 from snnkern.demo.defaults import QUICK
-from snnkern.demo.models import build_model, probe
+from snnkern import activity
+from snnkern.demo.models import build_model, hidden_layer_id
 from snnkern.demo.training import load_checkpoint, predict
 
 CHANCE = 0.10
@@ -28,6 +29,7 @@ def test_demo_quick_digits_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo_out"
     res = main(["--quick", "--epochs", "2", "--out", str(out), "--seed", "0"])
     printed = capsys.readouterr().out
+    data, model = res["data"], res["model"]
 
     # outputs written
     for name in ("training_curves.png", "spike_raster.png", "model.eqx"):
@@ -47,12 +49,28 @@ def test_demo_quick_digits_end_to_end(tmp_path, capsys):
     # checkpoint round trip: identical predictions (checked by main, and again here)
     assert res["identical_predictions"]
     assert "identical predictions" in printed
-    data, model = res["data"], res["model"]
     like = build_model(data.n_features, res["args"]["hidden"], data.n_classes, "ff",
                        key=jax.random.PRNGKey(123))
     reloaded = load_checkpoint(res["checkpoint"], like)
     np.testing.assert_array_equal(predict(reloaded, data.x_test), predict(model, data.x_test))
     assert not np.array_equal(predict(like, data.x_test), predict(model, data.x_test))
+
+    # the activity summary (snnkern.activity on the test set) is printed, and the raster written
+    with open(out / "spike_raster.png", "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    act = res["activity"]
+    assert list(act["rates"]) == [1] and list(act["ops"]) == [(0,), (2,)]      # the LIF; both Linears
+    rate = float(np.mean(act["rates"][1]))
+    assert 0.01 < rate < 0.9, rate                                            # a trained, spiking hidden layer
+    ops0 = act["ops"][(0,)]
+    n_test = min(len(data.y_test), 512)
+    # input Linear: each input spike reaches the 64 hidden neurons; the dense layer does 64 x 64 MACs per step
+    np.testing.assert_allclose(np.asarray(ops0["synaptic_ops"]), data.x_test[:n_test].sum(axis=(1, 2)) * 64, rtol=1e-6)
+    assert float(ops0["dense_macs"][0]) == 64 * 64 * data.T
+    for line in act["summary"].splitlines():
+        assert "  " + line in printed
+    assert "firing rates" in printed and "synaptic ops" in printed and "dense MACs" in printed
+    assert "estimated energy per sample" in printed and "Horowitz" in printed
 
     # plan and step timings are printed (planned vs reference path)
     assert res["plan"] and "plan:" in printed
@@ -153,9 +171,12 @@ def test_recurrent_model_runs():
     data = load_digits_spikes(T=8)
     pred = predict(model, data.x_test[:5])
     assert pred.shape == (5,) and pred.dtype.kind == "i"
-    hidden, out = probe(model, data.x_test[0])
+    key = jax.random.PRNGKey(0)
+    layers = activity.record(model, model.init_state((64,), key), data.x_test[0], key)
+    hidden, out = layers[hidden_layer_id(model)], layers[-1]
+    assert hidden_layer_id(model) == 0                              # the compound (its LIF's spikes)
     assert hidden.shape == (8, 16) and out.shape == (8, 10)
-    assert set(np.unique(hidden)) <= {0.0, 1.0}
+    assert set(np.unique(np.asarray(hidden))) <= {0.0, 1.0}
 
 
 def test_data_folder_without_dataset_is_a_clear_error(tmp_path):

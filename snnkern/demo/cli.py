@@ -1,7 +1,8 @@
 """The demo's command line: ``python -m snnkern.demo [options]`` (``make demo``); see docs/demo.md.
 
 :func:`main` loads the data, builds the model, prints the plan, times one training step on the
-planned and the reference path, trains, checks the checkpoint round trip and writes the plots.
+planned and the reference path, trains, checks the checkpoint round trip, prints the activity
+summary (snnkern.activity) and writes the plots (snnkern.plot).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Optional, Sequence
 
 from .data import DataError, SpikeData, load_data
 from .defaults import DEFAULTS, QUICK
-from .models import auto_input_gain, build_model, probe, readout_lag
+from .models import auto_input_gain, build_model, hidden_layer_id, readout_lag
 from .training import (checkpoint_round_trip, make_sharded_train_step, make_train_step, time_paths,
                        train)
 
@@ -98,13 +99,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     print(f"test accuracy: {result.accuracy:.2f}")
 
     ckpt, identical = _check_checkpoint(args, data, model)
+    act = _activity(data, model)
     plot_files = _plots(args, data, model, result.history)
     print(f"plots: {plot_files[0]}, {plot_files[1]}")
     print(f"total: {time.perf_counter() - t_start:.1f} s")
     return {"accuracy": result.accuracy, "history": result.history, "checkpoint": ckpt,
             "identical_predictions": identical, "plots": plot_files, "timing": timing,
             "plan": plan, "train_seconds": train_s, "model": model, "data": data,
-            "args": vars(args)}
+            "args": vars(args), "activity": act}
 
 
 def _devices_and_batch(args: argparse.Namespace) -> int:
@@ -182,12 +184,43 @@ def _check_checkpoint(args: argparse.Namespace, data: SpikeData, model) -> tuple
     return ckpt, identical
 
 
+def _activity(data: SpikeData, model, max_samples: int = 512) -> dict:
+    """Firing rates and synaptic operations of the trained model on (up to ``max_samples``) test
+    samples (snnkern.activity, vmapped over the samples, one jitted call); prints the summary and
+    returns ``{"rates", "ops", "summary"}`` (per-sample arrays)."""
+    import equinox as eqx
+    import jax
+    from snnkern import activity
+
+    key = jax.random.PRNGKey(0)
+    states = model.init_state(data.in_shape, key)
+
+    @eqx.filter_jit
+    def measure(m, xb):
+        one = lambda x: (activity.firing_rates(m, states, x, key), activity.synaptic_ops(m, states, x, key))
+        return jax.vmap(one)(xb)
+
+    x = data.x_test[:max_samples]
+    rates, ops = measure(model, x)
+    text = activity.summary(model, rates, ops)
+    print(f"activity (mean over {len(x)} test samples, snnkern.activity):")
+    print("  " + text.replace("\n", "\n  "))
+    return {"rates": rates, "ops": ops, "summary": text}
+
+
 def _plots(args: argparse.Namespace, data: SpikeData, model, history: dict) -> list:
-    """The training curves and the spike raster of the first test sample, in ``--out``; their paths."""
+    """The training curves, and the spike raster of the first test sample: its input, the hidden
+    layer's spikes and the read-out membrane, all from one ``snnkern.activity.record`` call; their paths."""
+    import jax
+    from snnkern import activity
     from . import plots
-    sample = 0
-    hidden, out = probe(model, data.x_test[sample])
+
+    sample, key = 0, jax.random.PRNGKey(0)
+    x = data.x_test[sample]
+    layers = activity.record(model, model.init_state(data.in_shape, key), x, key)
+    h = hidden_layer_id(model)
     curves = plots.plot_history(history, os.path.join(args.out, "training_curves.png"))
-    raster = plots.plot_raster(data.x_test[sample], hidden, out, int(data.y_test[sample]),
-                               os.path.join(args.out, "spike_raster.png"), lag=readout_lag(model))
+    raster = plots.plot_raster(x, layers[h], layers[-1], int(data.y_test[sample]),
+                               os.path.join(args.out, "spike_raster.png"), lag=readout_lag(model),
+                               hidden_name=f"hidden layer {h} ({type(model.layers[h]).__name__})")
     return [curves, raster]

@@ -65,29 +65,30 @@ class SpikeData:
             self.x_train = rate_encode(self.intensities_train, self.T, rng)
 
 
-def rate_encode(intensities: np.ndarray, T: int, rng: np.random.Generator, max_rate: float = 1.0) -> np.ndarray:
-    """Bernoulli spikes: pixel value ``p`` in [0, 1] fires with probability ``p * max_rate`` per step.
+def _key(rng: np.random.Generator):
+    import jax
+    return jax.random.PRNGKey(int(rng.integers(0, 2 ** 31 - 1)))
 
-    (N, F) -> (N, T, F) float32.
-    """
-    p = np.clip(intensities, 0.0, 1.0)[:, None, :] * max_rate
-    return (rng.random((intensities.shape[0], T, intensities.shape[1])) < p).astype(np.float32)
+
+def rate_encode(intensities: np.ndarray, T: int, rng: np.random.Generator) -> np.ndarray:
+    """:func:`snnkern.encode.rate` of every sample (a key drawn from ``rng``): pixel value ``p`` in
+    [0, 1] fires with probability ``p`` per step. (N, F) -> (N, T, F) float32."""
+    from snnkern import encode
+    spikes = encode.rate(np.asarray(intensities, np.float32), T, _key(rng))       # (T, N, F) bool
+    return np.asarray(spikes, np.float32).transpose(1, 0, 2)
 
 
 def latency_encode(intensities: np.ndarray, T: int, window: Optional[int] = None) -> np.ndarray:
-    """One spike per pixel, earlier for brighter pixels: value 1 fires at t = 0, values near 0 fire
-    last (at t = window-1); pixels that are exactly 0 never fire. (N, F) -> (N, T, F) float32.
+    """:func:`snnkern.encode.latency`: one spike per pixel, earlier for brighter pixels (value 1 at
+    t = 0, values near 0 at t = window-1; exactly 0 never fires). (N, F) -> (N, T, F) float32.
 
     ``window`` (default ``T * 3 // 4``) leaves the last steps free, so the spikes can still travel
     through the layers (each edge is delayed one step).
     """
+    from snnkern import encode
     window = max(1, min(T, T * 3 // 4 if window is None else window))
-    x = np.clip(intensities, 0.0, 1.0)
-    t = np.round((1.0 - x) * (window - 1)).astype(np.int64)
-    out = np.zeros((x.shape[0], T, x.shape[1]), np.float32)
-    n, f = np.nonzero(x > 0)
-    out[n, t[n, f], f] = 1.0
-    return out
+    spikes = encode.latency(np.asarray(intensities, np.float32), T, window=window)   # (T, N, F) bool
+    return np.asarray(spikes, np.float32).transpose(1, 0, 2)
 
 
 def _split(n_samples: int, y: np.ndarray, seed: int = SPLIT_SEED, test_size: float = TEST_SIZE):

@@ -1,5 +1,5 @@
 """Demo models: the feed-forward and the recurrent spiking classifier, their input gain, read-out
-lag, and a probe of the hidden layer's spikes (for the raster plot).
+lag, and which layer is the hidden spiking one (for the raster plot).
 
 Time: every edge of an snnkern model is delayed by one step (docs/semantics.md, "Time"), so in a
 model of L layers the output lags the input by L-1 steps. The read-out is a leaky integrator
@@ -79,41 +79,10 @@ def readout_lag(model) -> int:
 
 
 def hidden_layer_id(model) -> int:
-    """Index of the first spiking hidden layer (a LIF, or the recurrent compound)."""
-    from snnkern import snn
-    for i, layer in enumerate(model.layers):
-        if isinstance(layer, (snn.LIF, snn.CompoundLayer)):
-            return i
-    return 0
-
-
-def probe(model, x: np.ndarray, key=None):
-    """Run one sample (T, F); return (hidden spikes (T, H) or None, read-out membrane (T, C)).
-
-    Uses a second StatefulModel over the same layers and graph with ``final_layer_ids`` set to
-    [hidden layer, last layer], so the hidden spikes come out of the normal model call.
-    """
-    import jax
-    import jax.numpy as jnp
-    from snnkern import snn
-
-    key = jax.random.PRNGKey(0) if key is None else key
-    in_shape = tuple(x.shape[1:])
-    x = jnp.asarray(x)
-    last = len(model.layers) - 1
-    try:
-        g = model.graph_structure
-        h = hidden_layer_id(model)
-        probe_model = snn.StatefulModel(
-            graph_structure=snn.GraphStructure(num_layers=g.num_layers, input_layer_ids=g.input_layer_ids,
-                                               final_layer_ids=[h, last], input_connectivity=g.input_connectivity),
-            layers=model.layers)
-        _, outs = probe_model(probe_model.init_state(in_shape, key), x, key)
-        hid, out = outs
-        while isinstance(hid, (list, tuple)):  # a compound returns all its sub-layers' outputs
-            hid = hid[-1]
-        return np.asarray(hid), np.asarray(out)
-    except Exception as e:  # keep the demo going; report it
-        print(f"(could not probe the hidden layer: {type(e).__name__}: {e})")
-        _, outs = model(model.init_state(in_shape, key), x, key)
-        return None, np.asarray(outs[-1])
+    """Index of the first spiking layer (the LIF, or the recurrent compound whose last sub-layer is
+    the LIF; :func:`snnkern.activity.spiking_layers`)."""
+    from snnkern import activity
+    ids = activity.spiking_layers(model)
+    if not ids:
+        raise ValueError(f"the model has no spiking layer: {[type(l).__name__ for l in model.layers]}")
+    return ids[0]

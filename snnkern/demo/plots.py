@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 
@@ -39,27 +39,19 @@ def plot_history(history: Dict[str, List[float]], path: str) -> str:
     return path
 
 
-def _raster(ax, spikes: np.ndarray, color: str, title: str, ylabel: str) -> None:
-    t, n = np.nonzero(np.asarray(spikes) > 0)
-    ax.scatter(t, n, s=4, marker="|", color=color, linewidths=1.0)
-    ax.set_xlim(-0.5, spikes.shape[0] - 0.5)
-    ax.set_ylim(-0.5, spikes.shape[1] - 0.5)
-    ax.set_title(f"{title}: {int(np.sum(spikes > 0))} spikes", fontsize=10)
-    ax.set_ylabel(ylabel)
-
-
-def plot_raster(x: np.ndarray, hidden: Optional[np.ndarray], out: np.ndarray, label: int, path: str,
-                lag: int = 0) -> str:
-    """Input spikes (T, F), hidden spikes (T, H) and the read-out membrane (T, C) of one sample."""
+def plot_raster(x: np.ndarray, hidden: np.ndarray, out: np.ndarray, label: int, path: str, lag: int = 0,
+                hidden_name: str = "hidden LIF layer") -> str:
+    """Input spikes (T, F), hidden spikes (T, H) and the read-out membrane (T, C) of one sample
+    (rasters by :func:`snnkern.plot.raster`) -> PNG at ``path``."""
+    from snnkern import plot
     plt = _pyplot()
-    x = np.asarray(x).reshape(x.shape[0], -1)
     out = np.asarray(out).reshape(out.shape[0], -1)
-    rows = 3 if hidden is not None else 2
-    fig, axes = plt.subplots(rows, 1, figsize=(8, 2.6 * rows + 0.6), sharex=True)
-    _raster(axes[0], x, "tab:blue", "input", "input channel")
-    if hidden is not None:
-        hidden = np.asarray(hidden).reshape(hidden.shape[0], -1)
-        _raster(axes[1], hidden, "tab:orange", "hidden LIF layer", "neuron")
+    fig, axes = plt.subplots(3, 1, figsize=(8, 8.4), sharex=True, height_ratios=[1, 1.3, 1])
+    for ax, s, color, name, ylabel in ((axes[0], x, "tab:blue", "input", "input channel"),
+                                       (axes[1], hidden, "tab:orange", hidden_name, "neuron")):
+        s = np.asarray(s)
+        plot.raster(s, ax=ax, color=color, xlabel="", ylabel=ylabel,
+                    title=f"{name}: {int(np.count_nonzero(s))} spikes ({np.mean(s > 0):.3f} per neuron per step)")
     ax = axes[-1]
     ts = np.arange(out.shape[0])
     pred = int(np.argmax(out[min(lag, out.shape[0] - 1):].mean(axis=0)))
@@ -69,7 +61,7 @@ def plot_raster(x: np.ndarray, hidden: Optional[np.ndarray], out: np.ndarray, la
                 label=f"class {c}" + (" (true)" if is_label else ""), zorder=3 if is_label else 2)
     if lag:
         ax.axvspan(-0.5, lag - 0.5, color="0.9", zorder=0, label=f"lag ({lag} steps)")
-    ax.set_title(f"read-out membrane (SimpleLI): true {label}, predicted {pred}", fontsize=10)
+    ax.set_title(f"read-out membrane (SimpleLI): true {label}, predicted {pred} (mean membrane)", fontsize=10)
     ax.set_ylabel("membrane")
     ax.set_xlabel("time step")
     ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5))

@@ -14,21 +14,30 @@ from .defaults import DEFAULTS
 from .models import readout_lag
 
 
-def logits_fn(model, states, xb, key, lag: int):
-    """Batched forward pass -> class scores (B, C): the read-out membrane averaged over t >= lag."""
+def _readout(model, states, xb, key, lag: int):
+    """Batched forward pass -> (read-out membrane (B, T, C), the first step read, min(lag, T-1))."""
     import equinox as eqx
     _, outs = eqx.filter_vmap(model, in_axes=(None, 0, None))(states, xb, key)
     mem = outs[-1]                      # (B, T, C)
-    lag = min(lag, mem.shape[1] - 1)
-    return mem[:, lag:].mean(axis=1)
+    return mem, min(lag, mem.shape[1] - 1)
+
+
+def logits_fn(model, states, xb, key, lag: int):
+    """Class scores (B, C): the read-out membrane averaged over the steps t >= lag (the logits of
+    :func:`snnkern.losses.mean_membrane_cross_entropy`)."""
+    mem, start = _readout(model, states, xb, key, lag)
+    return mem[:, start:].mean(axis=1)
 
 
 def loss_fn(model, xb, yb, key, in_shape, lag):
-    import optax
+    """``snnkern.losses.mean_membrane_cross_entropy`` of the read-out from step ``lag`` on, averaged
+    over the batch; returns (loss, logits)."""
+    import jax
+    from snnkern import losses
     states = model.init_state(in_shape, key)
-    logits = logits_fn(model, states, xb, key, lag)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-    return loss, logits
+    mem, start = _readout(model, states, xb, key, lag)
+    loss = jax.vmap(lambda m, y: losses.mean_membrane_cross_entropy(m, y, start=start))(mem, yb).mean()
+    return loss, mem[:, start:].mean(axis=1)
 
 
 def make_train_step(optim, in_shape, lag):

@@ -15,10 +15,9 @@ A drop-in replacement for :func:`snnkern.kernels.neuron_loop.neuron_loop`: same 
   reduced to the parameters' shapes after the kernel.
 
 Residuals (what the forward pass stores for the backward pass; the policy of every loop,
-:mod:`.residuals`): the state entering each step, without its last entry when ``want_read`` (that
-is ``reads``, a primal output), with spike entries (``spike_idx``, exactly 0/1) stored as ``int8``;
-the exact user ``state0`` is used at t = 0; plus ``xs`` itself. That is exactly what a step's VJP
-needs, so the backward pass
+:mod:`.residuals`): the state entering each step, with spike entries (``spike_idx``, exactly 0/1)
+stored as ``int8``; the exact user ``state0`` is used at t = 0; plus ``xs`` itself. That is exactly
+what a step's VJP needs, so the backward pass
 is exact (the same float32 operations as the XLA loop; see docs/kernels.md for measured errors).
 ``residual_dtype=jnp.bfloat16`` / ``jnp.float16`` stores the other floating state entries
 (membranes, synaptic currents) narrower: less residual memory, an approximate backward pass
@@ -215,11 +214,10 @@ def neuron_loop(step, params, state0: list, xs: jax.Array, spike_idx: Sequence[i
         return eqx.combine(jax.tree.unflatten(treedef, list(vals)), static)
 
     out_dtype = jax.eval_shape(lambda d, s, x: step(combine(d), s, x)[1], leaves, state0, xs[0]).dtype
-    # the residual policy (:mod:`.residuals`): the entering state, without its last entry when that is
-    # ``reads`` (a primal output); spike entries int8, floats optionally narrower
-    stored = s_dtypes[:-1] if want_read else s_dtypes
+    # the residual policy (:mod:`.residuals`): the whole entering state (see "Residuals" above), spike
+    # entries int8, floats optionally narrower
     cfg = dict(step=step, combine=combine, tl=tl, n_p=len(leaves), s_dtypes=s_dtypes, out_dtype=out_dtype,
-               res_dtypes=residual_dtypes(stored, spike_idx, r_dtype), want_out=want_out, want_read=want_read,
+               res_dtypes=residual_dtypes(s_dtypes, spike_idx, r_dtype), want_out=want_out, want_read=want_read,
                interpret=interpret)
     loop = _Wrapper(cfg, shape, xs.dtype)
     return custom_loop(loop.run, loop.backward)(leaves, state0, xs)
@@ -238,16 +236,15 @@ class _Wrapper:
         res = RefReader(_forward_call(keep=keep, **self.cfg)(*p_t, *s0_t, x_t))
         sT = [_unneurons(r, 0, tl, shape) for r in res.take(len(s0))]
         outs = _untime(res.one(), tl, shape) if self.cfg["want_out"] else None
-        reads_t = res.opt(want_read)
-        reads = None if reads_t is None else _untime(reads_t, tl, shape)
+        reads = _untime(res.one(), tl, shape) if want_read else None
         # residuals stay tiled: the backward kernel reads them in the same layout
-        return (sT, outs, reads), (d, p_t, s0_t, x_t, res.rest() + ([reads_t] if want_read else []))
+        return (sT, outs, reads), (d, p_t, s0_t, x_t, res.rest())
 
     def backward(self, res, g):
         d, p_t, s0_t, x_t, res_t = res
         g_sT, g_outs, g_reads = g
         tl, shape, s_dtypes, n_s = self.tl, self.shape, self.cfg["s_dtypes"], len(s0_t)
-        ins = [*p_t, *s0_t, *res_t, x_t]      # the stored entries, reads (want_read), xs
+        ins = [*p_t, *s0_t, *res_t, x_t]
         if self.cfg["want_out"]:
             ins.append(_time(g_outs.astype(self.cfg["out_dtype"]), tl))
         if self.cfg["want_read"]:
@@ -275,7 +272,7 @@ def _forward_kernel(*refs, step, combine, tl: NeuronLayout, n_p, s_dtypes, out_d
 
     def body(j, s):
         if keep:
-            write(res_refs, store(s[:len(res_dtypes)], res_dtypes), j)
+            write(res_refs, store(s, res_dtypes), j)
         if want_read:
             read_ref[j] = s[-1]
         valid = masked_step_valid(tl.T_pad > tl.T, c, tl.tc, j, tl.T)
@@ -304,7 +301,7 @@ def _backward_kernel(*refs, step, combine, tl: NeuronLayout, n_p, s_dtypes, out_
                      want_read, x_dtype):
     n_s = len(s_dtypes)
     r = RefReader(refs)
-    p_refs, s0_refs, res_refs, read_ref, x_ref = r.take(n_p), r.take(n_s), r.take(len(res_dtypes)), r.opt(want_read), r.one()
+    p_refs, s0_refs, res_refs, x_ref = r.take(n_p), r.take(n_s), r.take(n_s), r.one()
     g_out_ref, g_read_ref, g_sT_refs = r.opt(want_out), r.opt(want_read), r.take(n_s)
     g_s0_refs, g_x_ref, g_p_refs = r.take(n_s), r.one(), r.rest()
 
@@ -315,7 +312,7 @@ def _backward_kernel(*refs, step, combine, tl: NeuronLayout, n_p, s_dtypes, out_
     def body(i, carry):
         g_s, g_p = carry
         j, t = reverse_index(tl.tc, chunk, i)
-        s = entering_state(res_refs, read_ref, s0, t, (j,))
+        s = entering_state(res_refs, None, s0, t, (j,))
         x = x_ref[j]
         g_out = g_out_ref[j] if want_out else jnp.zeros(x.shape, out_dtype)
         _, vjp = jax.vjp(lambda d, ss, xx: step(combine(d), ss, xx), p_vals, s, x)
@@ -342,7 +339,7 @@ def _backward_call(*, step, combine, tl: NeuronLayout, n_p, s_dtypes, x_dtype, o
     neur, seq = _specs(tl, reverse=True)
     n_s = len(s_dtypes)
     R, L, Tp = tl.R, tl.L, tl.T_pad
-    in_specs = [neur] * (n_p + n_s) + [seq] * (len(res_dtypes) + 2 * int(want_read) + 1 + int(want_out)) + [neur] * n_s
+    in_specs = [neur] * (n_p + n_s) + [seq] * (n_s + 1 + int(want_out) + int(want_read)) + [neur] * n_s
     out_shape = ([jax.ShapeDtypeStruct((R, L), dt) for dt in s_dtypes]
                  + [jax.ShapeDtypeStruct((Tp, R, L), x_dtype)]
                  + [jax.ShapeDtypeStruct((R, L), dt) for dt in p_dtypes])

@@ -24,20 +24,11 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.custom_batching import custom_vmap
 
-from .common import keep_entry, restore_entry, vmap_is_innermost
+from .loop_builder import batch_over, custom_loop, filled, scan_into
+from .residuals import Residuals
 
 __all__ = ["component_loop"]
-
-
-def _compress(state, binary):
-    return jax.tree.map(lambda s, b: keep_entry(s) if b else s, state, binary)
-
-
-def _restore(kept, state0, t, binary):
-    """A stored entering state back in its dtypes; at t = 0 the exact initial state."""
-    return jax.tree.map(lambda k, s0, b: restore_entry(k, s0, t) if b else k, kept, state0, binary)
 
 
 def _at(a, t):
@@ -56,29 +47,73 @@ def _seed(tree):
     return a[(0,) * a.ndim]
 
 
-def _filled(shape, dtype, seed):
-    """A buffer whose every entry the loop overwrites. Not ``zeros``: XLA shares one zero broadcast
-    among all such buffers of a program and materialises their copies at its start, so each would
-    hold memory through the whole program; a buffer made from a value of this loop's inputs exists
-    only from when they do."""
-    return jnp.broadcast_to(seed.astype(dtype), shape)
-
-
 def _scan(body, init, T: int, seed, reverse: bool = False):
     """``lax.scan`` of ``body(carry, t) -> (carry, y_t)`` over t in [0, T): ``(carry, ys)``, each step's
-    ``y_t`` written in place into a (T, ...) buffer made by :func:`_filled` (a plain scan's output
-    buffers start as zeros)."""
-    y_aval = jax.eval_shape(lambda c: body(c, jnp.int32(0))[1], init)
-    bufs = jax.tree.map(lambda v: _filled((T,) + tuple(v.shape), v.dtype, seed), y_aval)
+    ``y_t`` written in place into a (T, ...) buffer made by :func:`.loop_builder.filled` (a plain scan's
+    output buffers start as zeros)."""
+    return scan_into(lambda c, t, _: body(c, t), init, (), T, axis=0, reverse=reverse, seed=seed)
 
-    def step(carry, t):
-        c, out = carry
-        c, y = body(c, t)
-        out = jax.tree.map(lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v.astype(buf.dtype), t, 0), out, y)
-        return (c, out), None
 
-    (c, bufs), _ = jax.lax.scan(step, (init, bufs), jnp.arange(T), reverse=reverse)
-    return c, bufs
+class _Component:
+    """The time-major loop of :func:`_loop`: its forward pass (:meth:`run`) and backward pass
+    (:meth:`backward`), the custom VJP of :func:`.loop_builder.custom_loop`."""
+
+    def __init__(self, step: Callable, residuals: Residuals, derived, T: int):
+        self.step, self.residuals, self.derived, self.T = step, residuals, derived, T
+
+    def rows(self, d, dr, s, xt):
+        return jax.vmap(lambda r, ss, xx: self.step((d, r), ss, xx))(dr, s, xt)
+
+    @staticmethod
+    def x_at(x, lg, f, t):
+        return jax.tree.map(lambda a: _at(a, t), x), _lagged_at(lg, f, t)
+
+    def run(self, d, dr, s0, x, lg, f, keep):
+        def body(s, t):
+            ns, y = self.rows(d, dr, s, self.x_at(x, lg, f, t))
+            ns = jax.tree.map(lambda a, o: a.astype(o.dtype), ns, s)
+            return ns, (y, self.residuals.store(s) if keep else None)
+
+        sT, (ys, kept) = _scan(body, s0, self.T, _seed((x, lg, s0)))
+        return (sT, ys), (d, dr, s0, kept, x, lg, f)
+
+    def entering(self, res, t, k):
+        """The state entering step t: the stored entries, and the derived ones recomputed by
+        step t-1 from the stored entries entering it (at t = 0 the initial state)."""
+        d, dr, s0, kept, x, lg, f = res
+        s = self.residuals.restore(k, s0, t)
+        if not any(self.derived):
+            return s
+        tp = jnp.maximum(t - 1, 0)
+        kp = jax.tree.map(lambda a: _at(a, tp), kept)
+        ns, _ = self.rows(d, dr, self.residuals.restore(kp, s0, tp), self.x_at(x, lg, f, tp))
+        return [jax.tree.map(lambda a, o: jnp.where(t == 0, o, a.astype(o.dtype)), n, e0) if dv else e
+                for e, n, e0, dv in zip(s, ns, s0, self.derived)]
+
+    def backward(self, res, g):
+        d, dr, s0, kept, x, lg, f = res
+        g_sT, g_ys = g
+        T = self.T
+
+        def body(carry, t):
+            g_s, g_d, g_dr, g_lag = carry
+            k, gy = jax.tree.map(lambda a: _at(a, t), (kept, g_ys))
+            _, vjp = jax.vjp(self.rows, d, dr, self.entering(res, t, k), self.x_at(x, lg, f, t))
+            dd, ddr, ds, (dx, dlag) = vjp((g_s, gy))
+            # step t read lag[t - 1]: its gradient goes there, in place; step 0 read first, whose
+            # gradient parks in the slot of lag[T - 1] (which no step reads)
+            g_lag = jax.tree.map(lambda buf, v: jax.lax.dynamic_update_index_in_dim(
+                buf, v.astype(buf.dtype), (t + T - 1) % T, 0), g_lag, dlag)
+            return (ds, jax.tree.map(jnp.add, g_d, dd), jax.tree.map(jnp.add, g_dr, ddr), g_lag), dx
+
+        seed = _seed((kept, x, lg, g_ys, g_sT))
+        init = (g_sT, jax.tree.map(jnp.zeros_like, d), jax.tree.map(jnp.zeros_like, dr),
+                jax.tree.map(lambda a: filled(a.shape, a.dtype, seed), lg))
+        (g_s0, g_d, g_dr, g_lag), g_x = _scan(body, init, T, seed, reverse=True)
+        g_first = jax.tree.map(lambda a, f0: _at(a, T - 1).astype(f0.dtype), g_lag, f)
+        g_lag = jax.tree.map(lambda a: jax.lax.dynamic_update_index_in_dim(a, jnp.zeros_like(_at(a, T - 1)), T - 1, 0),
+                             g_lag)
+        return g_d, g_dr, g_s0, g_x, g_lag, g_first
 
 
 def _loop(step: Callable, binary, derived, dyn, dyn_rows, state0, now, lag, first):
@@ -89,74 +124,9 @@ def _loop(step: Callable, binary, derived, dyn, dyn_rows, state0, now, lag, firs
     step. Entry k with ``derived[k]`` is not stored: the backward pass recomputes it from the
     previous step."""
     T = jax.tree.leaves((now, lag))[0].shape[0]
-
-    def rows(d, dr, s, xt):
-        return jax.vmap(lambda r, ss, xx: step((d, r), ss, xx))(dr, s, xt)
-
-    def keep(s):
-        return [None if dv else _compress(e, b) for e, b, dv in zip(s, binary, derived)]
-
-    def restore(kept, s0, t):
-        return [e0 if dv else _restore(k, e0, t, b) for k, e0, b, dv in zip(kept, s0, binary, derived)]
-
-    def x_at(x, lg, f, t):
-        return jax.tree.map(lambda a: _at(a, t), x), _lagged_at(lg, f, t)
-
-    def run(d, dr, s0, x, lg, f, store):
-        def body(s, t):
-            ns, y = rows(d, dr, s, x_at(x, lg, f, t))
-            ns = jax.tree.map(lambda a, o: a.astype(o.dtype), ns, s)
-            return ns, (y, keep(s) if store else None)
-
-        return _scan(body, s0, T, _seed((x, lg, s0)))
-
-    @jax.custom_vjp
-    def loop(d, dr, s0, x, lg, f):
-        sT, (ys, _) = run(d, dr, s0, x, lg, f, False)
-        return sT, ys
-
-    def fwd(d, dr, s0, x, lg, f):
-        sT, (ys, kept) = run(d, dr, s0, x, lg, f, True)
-        return (sT, ys), (d, dr, s0, kept, x, lg, f)
-
-    def bwd(res, g):
-        d, dr, s0, kept, x, lg, f = res
-        g_sT, g_ys = g
-
-        def entering(t, k):
-            """The state entering step t: the stored entries, and the derived ones recomputed by
-            step t-1 from the stored entries entering it (at t = 0 the initial state)."""
-            s = restore(k, s0, t)
-            if not any(derived):
-                return s
-            tp = jnp.maximum(t - 1, 0)
-            kp = jax.tree.map(lambda a: _at(a, tp), kept)
-            ns, _ = rows(d, dr, restore(kp, s0, tp), x_at(x, lg, f, tp))
-            return [jax.tree.map(lambda a, o: jnp.where(t == 0, o, a.astype(o.dtype)), n, e0) if dv else e
-                    for e, n, e0, dv in zip(s, ns, s0, derived)]
-
-        def body(carry, t):
-            g_s, g_d, g_dr, g_lag = carry
-            k, gy = jax.tree.map(lambda a: _at(a, t), (kept, g_ys))
-            _, vjp = jax.vjp(rows, d, dr, entering(t, k), x_at(x, lg, f, t))
-            dd, ddr, ds, (dx, dlag) = vjp((g_s, gy))
-            # step t read lag[t - 1]: its gradient goes there, in place; step 0 read first, whose
-            # gradient parks in the slot of lag[T - 1] (which no step reads)
-            g_lag = jax.tree.map(lambda buf, v: jax.lax.dynamic_update_index_in_dim(
-                buf, v.astype(buf.dtype), (t + T - 1) % T, 0), g_lag, dlag)
-            return (ds, jax.tree.map(jnp.add, g_d, dd), jax.tree.map(jnp.add, g_dr, ddr), g_lag), dx
-
-        seed = _seed((kept, x, lg, g_ys, g_sT))
-        init = (g_sT, jax.tree.map(jnp.zeros_like, d), jax.tree.map(jnp.zeros_like, dr),
-                jax.tree.map(lambda a: _filled(a.shape, a.dtype, seed), lg))
-        (g_s0, g_d, g_dr, g_lag), g_x = _scan(body, init, T, seed, reverse=True)
-        g_first = jax.tree.map(lambda a, f0: _at(a, T - 1).astype(f0.dtype), g_lag, f)
-        g_lag = jax.tree.map(lambda a: jax.lax.dynamic_update_index_in_dim(a, jnp.zeros_like(_at(a, T - 1)), T - 1, 0),
-                             g_lag)
-        return g_d, g_dr, g_s0, g_x, g_lag, g_first
-
-    loop.defvjp(fwd, bwd)
-    return loop(dyn, dyn_rows, state0, now, lag, first)
+    residuals = Residuals(state0, binary, skip=[k for k, dv in enumerate(derived) if dv])
+    loop = _Component(step, residuals, derived, T)
+    return custom_loop(loop.run, loop.backward)(dyn, dyn_rows, state0, now, lag, first)
 
 
 def component_loop(step: Callable, dyn, state0: list, xs, binary, derived=None, lagged=None, dyn_rows=None):
@@ -193,30 +163,15 @@ def component_loop(step: Callable, dyn, state0: list, xs, binary, derived=None, 
                        jax.tree.map(add1, x), jax.tree.map(add1, lg), jax.tree.map(add0, f))
         return jax.tree.map(lambda a: a[0], sT), jax.tree.map(lambda a: a[:, 0], ys)
 
-    loop = custom_vmap(one)
+    def many(d, dr, s0, x, lg, f):
+        def tm(a):   # batch-major as vmap hands it over -> time-major
+            return jnp.swapaxes(a, 0, 1)
 
-    @loop.def_vmap
-    def _batched(axis_size, in_batched, d, dr, s0, x, lg, f):
-        if any(jax.tree.leaves(in_batched[:2])):
-            # per-example parameters (an ensemble): plain vmap of the one-sample loop
-            axes = jax.tree.map(lambda b: 0 if b else None, tuple(in_batched))
-            out = jax.vmap(one, in_axes=axes)(d, dr, s0, x, lg, f)
-        else:
-            def full(a, b):
-                return a if b else jnp.broadcast_to(a, (axis_size,) + a.shape)
+        # one copy of dyn_rows per row: broadcast here, so its gradient is summed over the batch
+        # once, after the loop
+        B = jax.tree.leaves((s0, x))[0].shape[0]
+        dr = jax.tree.map(lambda a: jnp.broadcast_to(a, (B,) + a.shape), dr)
+        sT, ys = _loop(step, binary, derived, d, dr, s0, jax.tree.map(tm, x), jax.tree.map(tm, lg), f)
+        return sT, jax.tree.map(tm, ys)
 
-            def tm(a, b):   # batch-major as vmap hands it over -> time-major
-                return jnp.swapaxes(full(a, b), 0, 1)
-
-            _, dr_b, s0_b, x_b, lg_b, f_b = in_batched
-            # one copy of dyn_rows per row: broadcast here, so its gradient is summed over the batch
-            # once, after the loop
-            sT, ys = _loop(step, binary, derived, d, jax.tree.map(full, dr, dr_b), jax.tree.map(full, s0, s0_b),
-                           jax.tree.map(tm, x, x_b), jax.tree.map(tm, lg, lg_b), jax.tree.map(full, f, f_b))
-            out = (sT, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), ys))
-        return out, jax.tree.map(lambda _: True, out)
-
-    if not vmap_is_innermost():
-        # no vmap, or vmap outside autodiff (per-example gradients): the one-sample custom VJP
-        return one(dyn, dyn_rows, state0, xs, lag, first)
-    return loop(dyn, dyn_rows, state0, xs, lag, first)
+    return batch_over(many, 2, one)(dyn, dyn_rows, state0, xs, lag, first)

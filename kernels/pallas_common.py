@@ -1,11 +1,15 @@
-"""Helpers used inside the Pallas kernels (the neuron-loop and the recurrent kernels)."""
+"""Helpers used inside the Pallas kernels (the neuron-loop and the recurrent kernels). What a kernel
+stores of the state and how it restores it is :mod:`.residuals`' (``store`` / ``restore``), as in the
+XLA loops."""
 from __future__ import annotations
 
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-__all__ = ["seq_spec", "reverse_index", "stored_state", "carry_start", "keep_valid", "step_and_emit", "store",
-           "RefReader", "masked_step_valid"]
+from .residuals import restore
+
+__all__ = ["seq_spec", "reverse_index", "entering_state", "backward_start", "carry_start", "keep_valid",
+           "step_and_emit", "write", "RefReader", "masked_step_valid"]
 
 
 def seq_spec(block: tuple, n_chunks: int, reverse: bool = False):
@@ -23,14 +27,22 @@ def reverse_index(tc: int, chunk, i):
     return j, chunk * tc + j
 
 
-def stored_state(res_refs, dtypes, s0, exact_at_t0, j, t) -> list:
-    """The state entering step ``t`` from its residuals (``res_refs[k][j]``, cast to ``dtypes[k]``);
-    entries in ``exact_at_t0`` (int8 spikes, narrowed floats) take the user's exact ``s0`` at t = 0."""
-    out = []
-    for k, ref in enumerate(res_refs):
-        v = ref[j].astype(dtypes[k])
-        out.append(jnp.where(t == 0, s0[k], v) if k in exact_at_t0 else v)
-    return out
+def entering_state(res_refs, read_ref, s0: list, t, idx: tuple) -> list:
+    """The state entering step ``t`` in a backward kernel: the stored entries ``ref[idx]`` restored
+    (:func:`.residuals.restore`: the exact ``s0`` at t = 0), then the last entry from ``read_ref[idx]``
+    when it was not stored (``read_ref`` None: every entry was)."""
+    s = restore([ref[idx] for ref in res_refs], s0[:len(res_refs)], t)
+    return s + ([read_ref[idx]] if read_ref is not None else [])
+
+
+def backward_start(tl, g_s0_refs, g_sT_refs, g_p_refs):
+    """A backward kernel's start: ``(chunk, g_state, g_params)``, the time chunk this grid step works on
+    (reverse time) and the cotangent carries at its start (the ``g_state0`` / ``g_params`` output blocks
+    carry them across the chunks; the parameter sums start at zero)."""
+    chunked = tl.n_chunks > 1
+    c = pl.program_id(1) if chunked else 0
+    g_s, g_p = carry_start(chunked, c, g_s0_refs, g_sT_refs, g_p_refs)
+    return tl.n_chunks - 1 - c, g_s, g_p
 
 
 def carry_start(chunked: bool, c, carry_refs, init_refs, zero_refs=()):
@@ -70,9 +82,13 @@ def step_and_emit(step, p, s, x, s_dtypes, valid, out_ref, j, out_dtype):
     return ns
 
 
-def store(refs, values):
+def write(refs, values, j=None):
+    """``ref[...] = value`` for each pair (``ref[j]``: step ``j`` of a sequence block, when given)."""
     for r, v in zip(refs, values):
-        r[...] = v
+        if j is None:
+            r[...] = v
+        else:
+            r[j] = v
 
 
 class RefReader:

@@ -14,9 +14,10 @@ A drop-in replacement for :func:`snnkern.kernels.neuron_loop.neuron_loop`: same 
   accumulating per-neuron parameter gradients (parameters are broadcast to the tile), which are
   reduced to the parameters' shapes after the kernel.
 
-Residuals (what the forward pass stores for the backward pass): the state entering each step,
-with spike entries (``spike_idx``, exactly 0/1) stored as ``int8``; the exact user ``state0`` is
-used at t = 0; plus ``xs`` itself. That is exactly what a step's VJP needs, so the backward pass
+Residuals (what the forward pass stores for the backward pass; the policy of every loop,
+:mod:`.residuals`): the state entering each step, with spike entries (``spike_idx``, exactly 0/1)
+stored as ``int8``; the exact user ``state0`` is used at t = 0; plus ``xs`` itself. That is exactly
+what a step's VJP needs, so the backward pass
 is exact (the same float32 operations as the XLA loop; see docs/kernels.md for measured errors).
 ``residual_dtype=jnp.bfloat16`` / ``jnp.float16`` stores the other floating state entries
 (membranes, synaptic currents) narrower: less residual memory, an approximate backward pass
@@ -49,8 +50,10 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from .common import FLOATS, params_broadcast, reduce_to
-from .pallas_common import (RefReader, carry_start, keep_valid, masked_step_valid, reverse_index, seq_spec,
-                             step_and_emit, store, stored_state)
+from .loop_builder import custom_loop
+from .pallas_common import (RefReader, backward_start, carry_start, entering_state, keep_valid, masked_step_valid,
+                             reverse_index, seq_spec, step_and_emit, write)
+from .residuals import check_residual_dtype, residual_dtypes, store
 from .tiling import GPU_PLATFORMS, NeuronLayout, NeuronTiling, compiler_params, layout_target
 
 __all__ = ["neuron_loop", "eligible", "unsupported", "default_tiling", "residual_dtypes", "check_residual_dtype"]
@@ -109,43 +112,6 @@ def default_tiling(platform: Optional[str], interpret: bool, block_n=None, block
     else:
         target = layout_target(platform)
     return NeuronTiling(target, block_t=block_t, block_n=block_n)
-
-
-def check_residual_dtype(residual_dtype):
-    """``residual_dtype`` as a numpy dtype (None stays None); TypeError / ValueError if it is not
-    one of the floating dtypes the kernels store."""
-    if residual_dtype is None:
-        return None
-    try:
-        dt = jnp.dtype(residual_dtype)
-    except TypeError as e:
-        raise TypeError(f"residual_dtype must be None or a floating dtype (jnp.float32, jnp.bfloat16, "
-                        f"jnp.float16), got {residual_dtype!r}") from e
-    if not jnp.issubdtype(dt, jnp.floating):
-        raise TypeError(f"residual_dtype must be a floating dtype (jnp.float32, jnp.bfloat16, jnp.float16), "
-                        f"got {dt}: spike entries are already stored as int8, the other state entries "
-                        f"need a float")
-    if not any(dt == jnp.dtype(f) for f in FLOATS):
-        raise ValueError(f"residual_dtype {dt} is not supported by the kernels; use jnp.float32, "
-                         f"jnp.bfloat16 or jnp.float16")
-    return dt
-
-
-def residual_dtypes(state_dtypes: Sequence, spike_idx: Sequence[int] = (), residual_dtype=None) -> list:
-    """The dtype each state entry is stored in as a per-step residual: ``int8`` for spike entries,
-    ``residual_dtype`` for floating entries whose dtype is wider than it, else the entry's own
-    dtype. (Per neuron and step the residuals take ``sum(itemsize)`` bytes, plus ``xs``.)"""
-    rdt = check_residual_dtype(residual_dtype)
-    out = []
-    for k, dt in enumerate(state_dtypes):
-        dt = jnp.dtype(dt)
-        if k in spike_idx:
-            out.append(jnp.dtype(jnp.int8))
-        elif rdt is not None and jnp.issubdtype(dt, jnp.floating) and dt.itemsize > rdt.itemsize:
-            out.append(rdt)
-        else:
-            out.append(dt)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,59 +201,53 @@ def neuron_loop(step, params, state0: list, xs: jax.Array, spike_idx: Sequence[i
     shape = tuple(xs.shape[1:])
     tl = tiling.layout(xs.shape[0], math.prod(shape))
     leaves, treedef = jax.tree.flatten(dyn)
-    n_s = len(state0)
     s_dtypes = [s.dtype for s in state0]
 
     def combine(vals):
         return eqx.combine(jax.tree.unflatten(treedef, list(vals)), static)
 
     out_dtype = jax.eval_shape(lambda d, s, x: step(combine(d), s, x)[1], leaves, state0, xs[0]).dtype
-    res_dtypes = residual_dtypes(s_dtypes, spike_idx, r_dtype)
-    # entries whose residual is not the state itself (int8 spikes, narrowed floats): at t = 0 the
-    # backward kernel uses the exact state0 instead
-    inexact = tuple(k for k in range(n_s) if jnp.dtype(res_dtypes[k]) != jnp.dtype(s_dtypes[k]))
+    # the residual policy (:mod:`.residuals`): the whole entering state (see "Residuals" above), spike
+    # entries int8, floats optionally narrower
     cfg = dict(step=step, combine=combine, tl=tl, n_p=len(leaves), s_dtypes=s_dtypes, out_dtype=out_dtype,
-               res_dtypes=res_dtypes, want_out=want_out, want_read=want_read, interpret=interpret)
+               res_dtypes=residual_dtypes(s_dtypes, spike_idx, r_dtype), want_out=want_out, want_read=want_read,
+               interpret=interpret)
+    loop = _Wrapper(cfg, shape, xs.dtype)
+    return custom_loop(loop.run, loop.backward)(leaves, state0, xs)
 
-    def tiles_in(d, s0, x):
-        return [_param_tile(a, shape, tl) for a in d], [_neurons(s, 0, tl) for s in s0], _time(x, tl)
 
-    def untile_fwd(res):
-        sT = [_unneurons(r, 0, tl, shape) for r in res[:n_s]]
-        rest = RefReader(res[n_s:])
-        outs = _untime(rest.one(), tl, shape) if want_out else None
-        reads = _untime(rest.one(), tl, shape) if want_read else None
-        return sT, outs, reads, rest.rest()
+class _Wrapper:
+    """The kernels' custom VJP (:func:`.loop_builder.custom_loop`): tiling on the way in and out of the
+    forward (:meth:`run`) and backward (:meth:`backward`) kernels."""
 
-    @jax.custom_vjp
-    def loop(d, s0, x):
-        p_t, s0_t, x_t = tiles_in(d, s0, x)
-        sT, outs, reads, _ = untile_fwd(_forward_call(keep=False, **cfg)(*p_t, *s0_t, x_t))
-        return sT, outs, reads
+    def __init__(self, cfg: dict, shape, x_dtype):
+        self.cfg, self.tl, self.shape, self.x_dtype = cfg, cfg["tl"], shape, x_dtype
 
-    def loop_fwd(d, s0, x):
-        p_t, s0_t, x_t = tiles_in(d, s0, x)
-        sT, outs, reads, res_t = untile_fwd(_forward_call(keep=True, **cfg)(*p_t, *s0_t, x_t))
+    def run(self, d, s0, x, keep):
+        tl, shape, want_read = self.tl, self.shape, self.cfg["want_read"]
+        p_t, s0_t, x_t = [_param_tile(a, shape, tl) for a in d], [_neurons(s, 0, tl) for s in s0], _time(x, tl)
+        res = RefReader(_forward_call(keep=keep, **self.cfg)(*p_t, *s0_t, x_t))
+        sT = [_unneurons(r, 0, tl, shape) for r in res.take(len(s0))]
+        outs = _untime(res.one(), tl, shape) if self.cfg["want_out"] else None
+        reads = _untime(res.one(), tl, shape) if want_read else None
         # residuals stay tiled: the backward kernel reads them in the same layout
-        return (sT, outs, reads), (d, p_t, s0_t, x_t, res_t)
+        return (sT, outs, reads), (d, p_t, s0_t, x_t, res.rest())
 
-    def loop_bwd(res, g):
+    def backward(self, res, g):
         d, p_t, s0_t, x_t, res_t = res
         g_sT, g_outs, g_reads = g
+        tl, shape, s_dtypes, n_s = self.tl, self.shape, self.cfg["s_dtypes"], len(s0_t)
         ins = [*p_t, *s0_t, *res_t, x_t]
-        if want_out:
-            ins.append(_time(g_outs.astype(out_dtype), tl))
-        if want_read:
+        if self.cfg["want_out"]:
+            ins.append(_time(g_outs.astype(self.cfg["out_dtype"]), tl))
+        if self.cfg["want_read"]:
             ins.append(_time(g_reads.astype(s_dtypes[-1]), tl))
         ins += [_neurons(gs.astype(s_dtypes[k]), 0, tl) for k, gs in enumerate(g_sT)]
-        outs = _backward_call(x_dtype=xs.dtype, inexact=inexact, p_dtypes=[a.dtype for a in p_t], **cfg)(*ins)
+        outs = _backward_call(x_dtype=self.x_dtype, p_dtypes=[a.dtype for a in p_t], **self.cfg)(*ins)
         g_s0 = [_unneurons(o, 0, tl, shape) for o in outs[:n_s]]
         g_x = _untime(outs[n_s], tl, shape)
         g_p = [reduce_to(_unneurons(o, 0, tl, shape), a.shape).astype(a.dtype) for o, a in zip(outs[n_s + 1:], d)]
         return g_p, g_s0, g_x
-
-    loop.defvjp(loop_fwd, loop_bwd)
-    return loop(leaves, state0, xs)
 
 
 def _forward_kernel(*refs, step, combine, tl: NeuronLayout, n_p, s_dtypes, out_dtype, res_dtypes, want_out,
@@ -305,14 +265,13 @@ def _forward_kernel(*refs, step, combine, tl: NeuronLayout, n_p, s_dtypes, out_d
 
     def body(j, s):
         if keep:
-            for k in range(n_s):
-                res_refs[k][j] = s[k].astype(res_dtypes[k])
+            write(res_refs, store(s, res_dtypes), j)
         if want_read:
             read_ref[j] = s[-1]
         valid = masked_step_valid(tl.T_pad > tl.T, c, tl.tc, j, tl.T)
         return step_and_emit(step, p, s, x_ref[j], s_dtypes, valid, out_ref, j, out_dtype)
 
-    store(sT_refs, jax.lax.fori_loop(0, tl.tc, body, s))
+    write(sT_refs, jax.lax.fori_loop(0, tl.tc, body, s))
 
 
 def _forward_call(*, step, combine, tl: NeuronLayout, n_p, s_dtypes, out_dtype, res_dtypes, want_out, want_read,
@@ -331,8 +290,8 @@ def _forward_call(*, step, combine, tl: NeuronLayout, n_p, s_dtypes, out_dtype, 
         compiler_params=compiler_params(tl, interpret), interpret=interpret, name="snnkern_neuron_fwd")
 
 
-def _backward_kernel(*refs, step, combine, tl: NeuronLayout, n_p, s_dtypes, out_dtype, res_dtypes, inexact,
-                     want_out, want_read, x_dtype):
+def _backward_kernel(*refs, step, combine, tl: NeuronLayout, n_p, s_dtypes, out_dtype, res_dtypes, want_out,
+                     want_read, x_dtype):
     n_s = len(s_dtypes)
     r = RefReader(refs)
     p_refs, s0_refs, res_refs, x_ref = r.take(n_p), r.take(n_s), r.take(n_s), r.one()
@@ -341,22 +300,15 @@ def _backward_kernel(*refs, step, combine, tl: NeuronLayout, n_p, s_dtypes, out_
 
     p_vals = [ref[...] for ref in p_refs]
     s0 = [ref[...] for ref in s0_refs]
-    chunked = tl.n_chunks > 1
-    c = pl.program_id(1) if chunked else 0
-    chunk = tl.n_chunks - 1 - c          # the chunk this grid step works on (reverse time)
-    # the g_state0 / g_params blocks carry the cotangents across the chunks
-    g_s, g_p = carry_start(chunked, c, g_s0_refs, g_sT_refs, g_p_refs)
-
-    def f(d, s, x):
-        return step(combine(d), s, x)
+    chunk, g_s, g_p = backward_start(tl, g_s0_refs, g_sT_refs, g_p_refs)
 
     def body(i, carry):
         g_s, g_p = carry
         j, t = reverse_index(tl.tc, chunk, i)
-        s = stored_state(res_refs, s_dtypes, s0, inexact, j, t)
+        s = entering_state(res_refs, None, s0, t, (j,))
         x = x_ref[j]
         g_out = g_out_ref[j] if want_out else jnp.zeros(x.shape, out_dtype)
-        _, vjp = jax.vjp(f, p_vals, s, x)
+        _, vjp = jax.vjp(lambda d, ss, xx: step(combine(d), ss, xx), p_vals, s, x)
         dd, ds, dx = vjp(([a.astype(dt) for a, dt in zip(g_s, s_dtypes)], g_out))
         ds = [a.astype(dt) for a, dt in zip(ds, s_dtypes)]
         if want_read:
@@ -371,12 +323,12 @@ def _backward_kernel(*refs, step, combine, tl: NeuronLayout, n_p, s_dtypes, out_
         return ds, [a + b.astype(a.dtype) for a, b in zip(g_p, dd)]
 
     g_s, g_p = jax.lax.fori_loop(0, tl.tc, body, (g_s, g_p))
-    store(g_s0_refs, g_s)
-    store(g_p_refs, g_p)
+    write(g_s0_refs, g_s)
+    write(g_p_refs, g_p)
 
 
-def _backward_call(*, step, combine, tl: NeuronLayout, n_p, s_dtypes, x_dtype, out_dtype, res_dtypes, inexact,
-                   p_dtypes, want_out, want_read, interpret):
+def _backward_call(*, step, combine, tl: NeuronLayout, n_p, s_dtypes, x_dtype, out_dtype, res_dtypes, p_dtypes,
+                   want_out, want_read, interpret):
     neur, seq = _specs(tl, reverse=True)
     n_s = len(s_dtypes)
     R, L, Tp = tl.R, tl.L, tl.T_pad
@@ -385,7 +337,7 @@ def _backward_call(*, step, combine, tl: NeuronLayout, n_p, s_dtypes, x_dtype, o
                  + [jax.ShapeDtypeStruct((Tp, R, L), x_dtype)]
                  + [jax.ShapeDtypeStruct((R, L), dt) for dt in p_dtypes])
     kernel = functools.partial(_backward_kernel, step=step, combine=combine, tl=tl, n_p=n_p, s_dtypes=s_dtypes,
-                                   out_dtype=out_dtype, res_dtypes=res_dtypes, inexact=inexact, want_out=want_out,
+                                   out_dtype=out_dtype, res_dtypes=res_dtypes, want_out=want_out,
                                    want_read=want_read, x_dtype=x_dtype)
     return pl.pallas_call(
         kernel, out_shape=out_shape, grid=(tl.n_tiles, tl.n_chunks), in_specs=in_specs,

@@ -1,6 +1,6 @@
 """Fused Pallas kernels for the recurrent compound ``CompoundLayer([Parallel([..., Linear_rec]), neuron])``.
 
-The batched, time-major drop-in for :func:`snnkern.kernels.neuron_loop.recurrent_batched` (what
+The batched, time-major drop-in for :func:`snnkern.kernels.recurrent.recurrent_batched` (what
 :func:`~snnkern.kernels.recurrent.recurrent_loop` runs under ``vmap``): same arguments, same
 ``(final_state, outs, I, reads)`` result, same gradients, but each direction is **one**
 ``pallas_call`` whose time loop contains the recurrent product:
@@ -43,8 +43,10 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from .common import current, params_broadcast, reduce_to
-from .pallas_common import (RefReader, carry_start, keep_valid, masked_step_valid, reverse_index, seq_spec,
-                             step_and_emit, store, stored_state)
+from .loop_builder import Feedback, custom_loop
+from .pallas_common import (RefReader, backward_start, carry_start, entering_state, keep_valid, masked_step_valid,
+                             reverse_index, seq_spec, step_and_emit, write)
+from .residuals import residual_dtypes, store
 from .pallas_neuron import eligible as neuron_eligible
 from .tiling import RecLayout, RecTiling, compiler_params, layout_target, next_pow2, round_up
 
@@ -172,7 +174,7 @@ def recurrent_batched(step, dyn, static, w, b, state0: list, ff: jax.Array, spik
                       block_t: Optional[int] = None, platform: Optional[str] = None, precision=None,
                       resident: Optional[bool] = None):
     """The recurrent loop as fused Pallas kernels: ``state0`` entries (B, n), ``ff`` (B, T, n)
-    (batch-major, the contract of :func:`~snnkern.kernels.neuron_loop.recurrent_batched`; the
+    (batch-major, the contract of :func:`~snnkern.kernels.recurrent.recurrent_batched`; the
     kernels work time-major, so sequences are transposed on the way in and out),
     ``w`` (n, n) as ``eqx.nn.Linear.weight`` (out x in), ``b`` (n,) or None.
 
@@ -190,7 +192,6 @@ def recurrent_batched(step, dyn, static, w, b, state0: list, ff: jax.Array, spik
         tiling = default_tiling(platform, interpret, block_b, block_t)
     spike_idx = tuple(sorted(set(int(k) for k in spike_idx)))
     state0 = list(state0)
-    B, T, n = (int(d) for d in ff.shape)
     why = unsupported(step, eqx.combine(dyn, static), state0, ff, w, b, tiling.rules_platform(interpret))
     if why is not None:
         raise ValueError(f"the Pallas recurrent kernel cannot take this loop: {why}")
@@ -199,13 +200,26 @@ def recurrent_batched(step, dyn, static, w, b, state0: list, ff: jax.Array, spik
     def combine(vals):
         return eqx.combine(jax.tree.unflatten(treedef, list(vals)), static)
 
-    n_s = len(state0)
     s_dtypes = [s.dtype for s in state0]
     cur_dtype = jax.eval_shape(lambda r, x: current(w, b, r, x), state0[-1], ff[:, 0]).dtype
+    n = int(ff.shape[2])
     out_dtype = jax.eval_shape(lambda d, s, x: step(combine(d), s, x), leaves,
                                [jax.ShapeDtypeStruct((n,), s.dtype) for s in state0],
                                jax.ShapeDtypeStruct((n,), cur_dtype))[1].dtype
     dot_dtype = dot_dtype_of(s_dtypes[-1], w.dtype)
+    tl, resident = _layout(tiling, ff.shape, dot_dtype, resident)
+    # the entering state without its last entry (reads, a primal output), spikes int8 (:mod:`.residuals`)
+    cfg = dict(tl=tl, step=step, combine=combine, n_p=len(leaves), s_dtypes=s_dtypes, cur_dtype=cur_dtype,
+               out_dtype=out_dtype, dot_dtype=dot_dtype, has_bias=b is not None,
+               res_dtypes=residual_dtypes(s_dtypes[:-1], spike_idx), resident=resident,
+               want_out=want_out, want_cur=want_cur, interpret=interpret, precision=precision)
+    loop = _Wrapper(cfg, tuple(int(d) for d in ff.shape), ff.dtype)
+    return custom_loop(loop.run, loop.backward)(list(leaves), w, b, state0, ff)
+
+
+def _layout(tiling: RecTiling, shape, dot_dtype, resident: Optional[bool]):
+    """The kernels' layout of a (B, T, n) loop and whether W_rec is resident (default: when it fits)."""
+    B, T, n = (int(d) for d in shape)
     if resident is None:
         resident = resident_w(tiling.n_pad(n), dot_dtype, tiling.target)
     if resident and tiling.target == "gpu" and not resident_w(tiling.n_pad(n), dot_dtype, "gpu"):
@@ -216,63 +230,58 @@ def recurrent_batched(step, dyn, static, w, b, state0: list, ff: jax.Array, spik
     tl = tiling.layout(T, B, n, streamed=not resident and tiling.target == "gpu")
     if tl.streamed and tl.n_chunks != 1:
         raise ValueError(f"the streamed recurrent kernels run all T = {T} steps in one program, not {tl.n_chunks} chunks")
-    has_bias = b is not None
-    cfg = dict(tl=tl, step=step, combine=combine, n_p=len(leaves), s_dtypes=s_dtypes, cur_dtype=cur_dtype,
-               out_dtype=out_dtype, dot_dtype=dot_dtype, has_bias=has_bias,
-               res_dtypes=[jnp.int8 if k in spike_idx else s_dtypes[k] for k in range(n_s - 1)],
-               resident=resident,
-               want_out=want_out, want_cur=want_cur, interpret=interpret, precision=precision)
+    return tl, resident
 
-    def run(d, w_, b_, s0, x, keep):
-        """The forward kernel: final state, outs, I (if wanted or kept), reads, residuals - padded."""
+
+class _Wrapper:
+    """The kernels' custom VJP (:func:`.loop_builder.custom_loop`): padding and layout on the way in and
+    out of the forward (:meth:`run`) and backward (:meth:`backward`) kernels."""
+
+    def __init__(self, cfg: dict, shape, ff_dtype):
+        self.cfg, self.tl, (self.B, self.T, self.n), self.ff_dtype = cfg, cfg["tl"], shape, ff_dtype
+
+    def unpad(self, a):
+        """A padded time-major kernel sequence -> (B, T, n)."""
+        return None if a is None else jnp.swapaxes(a[:self.T, :self.B, :self.n], 0, 1)
+
+    def pad_in(self, g, dtype):
+        """A (B, T, n) cotangent -> padded time-major."""
+        return _pad_seq(jnp.swapaxes(g.astype(dtype), 0, 1), self.tl)
+
+    def run(self, d, w_, b_, s0, x, keep):
+        """The forward kernel: final state, outs, I (if wanted), reads; residuals padded and time-major, as
+        the backward kernel reads them."""
+        tl, n, cfg = self.tl, self.n, self.cfg
         p_t = [_pad_vec(jnp.broadcast_to(a, (n,)), tl, True) for a in d]
         s0_t = [_pad_rows(s, tl) for s in s0]
-        wt = jnp.pad(w_.T.astype(dot_dtype), [(0, tl.n_pad - n)] * 2)
-        extra = [_pad_vec(b_, tl, False)] if has_bias else []
+        wt = jnp.pad(w_.T.astype(cfg["dot_dtype"]), [(0, tl.n_pad - n)] * 2)
+        extra = [_pad_vec(b_, tl, False)] if cfg["has_bias"] else []
         r = RefReader(_forward_call(keep=keep, **cfg)(*p_t, *s0_t, _pad_seq(jnp.swapaxes(x, 0, 1), tl), wt, *extra))
-        sT, outs, cur, reads = r.take(n_s), r.opt(want_out), r.opt(keep or want_cur), r.one()
-        return p_t, s0_t, sT, outs, cur, reads, r.rest()
+        sT, outs, cur_t, reads_t = r.take(len(s0)), r.opt(cfg["want_out"]), r.opt(keep or cfg["want_cur"]), r.one()
+        primal = ([a[:self.B, :n] for a in sT], self.unpad(outs), self.unpad(cur_t) if cfg["want_cur"] else None,
+                  self.unpad(reads_t))
+        return primal, (d, w_, b_, p_t, s0_t, r.rest(), cur_t, reads_t)
 
-    def unpad(a):
-        """A padded time-major kernel sequence -> (B, T, n)."""
-        return None if a is None else jnp.swapaxes(a[:T, :B, :n], 0, 1)
-
-    def pad_in(g, dtype):
-        """A (B, T, n) cotangent -> padded time-major."""
-        return _pad_seq(jnp.swapaxes(g.astype(dtype), 0, 1), tl)
-
-    @jax.custom_vjp
-    def loop(d, w_, b_, s0, x):
-        _, _, sT, outs, cur, reads, _ = run(d, w_, b_, s0, x, False)
-        return [a[:B, :n] for a in sT], unpad(outs), unpad(cur), unpad(reads)
-
-    def loop_fwd(d, w_, b_, s0, x):
-        p_t, s0_t, sT, outs, cur_t, reads_t, res_t = run(d, w_, b_, s0, x, True)
-        primal = ([a[:B, :n] for a in sT], unpad(outs), unpad(cur_t) if want_cur else None, unpad(reads_t))
-        # residuals stay padded and time-major, as the backward kernel reads them
-        return primal, (d, w_, b_, p_t, s0_t, res_t, cur_t, reads_t)
-
-    def loop_bwd(res, g):
+    def backward(self, res, g):
         d, w_, b_, p_t, s0_t, res_t, cur_t, reads_t = res
         g_sT, g_outs, g_cur, g_reads = g
-        wp = jnp.pad(w_.astype(dot_dtype), [(0, tl.n_pad - n)] * 2)
+        tl, cfg, (B, T, n) = self.tl, self.cfg, (self.B, self.T, self.n)
+        s_dtypes, n_s = cfg["s_dtypes"], len(cfg["s_dtypes"])
+        wp = jnp.pad(w_.astype(cfg["dot_dtype"]), [(0, tl.n_pad - n)] * 2)
         ins = [*p_t, *s0_t, *res_t, cur_t, reads_t, wp]
-        if want_out:
-            ins.append(pad_in(g_outs, out_dtype))
-        if want_cur:
-            ins.append(pad_in(g_cur, cur_dtype))
-        ins.append(pad_in(g_reads, s_dtypes[-1]))
+        if cfg["want_out"]:
+            ins.append(self.pad_in(g_outs, cfg["out_dtype"]))
+        if cfg["want_cur"]:
+            ins.append(self.pad_in(g_cur, cfg["cur_dtype"]))
+        ins.append(self.pad_in(g_reads, s_dtypes[-1]))
         ins += [_pad_rows(gs.astype(s_dtypes[k]), tl) for k, gs in enumerate(g_sT)]
         outs = _backward_call(p_dtypes=[a.dtype for a in p_t], **cfg)(*ins)
         g_s0 = [o[:B, :n] for o in outs[:n_s]]
         g_i = outs[n_s][:T, :B, :n]
         g_p = [reduce_to(o[:B, :n], a.shape).astype(a.dtype) for o, a in zip(outs[n_s + 1:], d)]
-        g_w = jnp.einsum("tbn,tbm->nm", g_i, reads_t[:T, :B, :n].astype(g_i.dtype)).astype(w_.dtype)
-        g_b = jnp.sum(g_i, axis=(0, 1)).astype(b_.dtype) if has_bias else None
-        return g_p, g_w, g_b, g_s0, jnp.swapaxes(g_i, 0, 1).astype(ff.dtype)
-
-    loop.defvjp(loop_fwd, loop_bwd)
-    return loop(list(leaves), w, b, state0, ff)
+        # the coupling's weight gradient, over the time-major dI and reads
+        g_w, g_b = Feedback(delay=1).weight_grads((w_, b_), g_i, reads_t[:T, :B, :n], axis=0)
+        return g_p, g_w, g_b, g_s0, jnp.swapaxes(g_i, 0, 1).astype(self.ff_dtype)
 
 
 def _dot(a, b, dot_dtype, precision):
@@ -312,8 +321,7 @@ def _forward_kernel(*refs, tl: RecLayout, step, combine, n_p, s_dtypes, cur_dtyp
         rd = s[-1]
         read_ref[j] = rd
         if keep:
-            for k in range(n_s - 1):
-                res_refs[k][j] = s[k].astype(res_dtypes[k])
+            write(res_refs, store(s[:-1], res_dtypes), j)
         rec = _dot(rd, wt_res if resident else wt_ref[...], dot_dtype, precision)
         i_t = (x_ref[j] + ((rec + bias) if has_bias else rec)).astype(cur_dtype)
         if emit_cur:
@@ -321,7 +329,7 @@ def _forward_kernel(*refs, tl: RecLayout, step, combine, n_p, s_dtypes, cur_dtyp
         valid = masked_step_valid(tl.T_pad > tl.T, c, tl.tc, j, tl.T)
         return step_and_emit(step, p, s, i_t, s_dtypes, valid, out_ref, j, out_dtype)
 
-    store(sT_refs, jax.lax.fori_loop(0, tl.tc, body, s))
+    write(sT_refs, jax.lax.fori_loop(0, tl.tc, body, s))
 
 
 def _forward_call(*, tl: RecLayout, step, combine, n_p, s_dtypes, cur_dtype, out_dtype, dot_dtype, res_dtypes,
@@ -355,22 +363,14 @@ def _backward_kernel(*refs, tl: RecLayout, step, combine, n_p, s_dtypes, out_dty
     p_vals = [jnp.broadcast_to(ref[...], shape) for ref in p_refs]
     s0 = [ref[...] for ref in s0_refs]
     w_res = w_ref[...] if resident else None
-    chunked = tl.n_chunks > 1
-    c = pl.program_id(1) if chunked else 0
-    chunk = tl.n_chunks - 1 - c          # reverse time
-    g_s, g_p = carry_start(chunked, c, g_s0_refs, g_sT_refs, g_p_refs)
-    spike_res = {k for k, dt in enumerate(res_dtypes) if jnp.dtype(dt) == jnp.dtype(jnp.int8)}
-
-    def f(d, s, x):
-        return step(combine(d), s, x)
+    chunk, g_s, g_p = backward_start(tl, g_s0_refs, g_sT_refs, g_p_refs)
 
     def body(i, carry):
         g_s, g_p = carry
         j, t = reverse_index(tl.tc, chunk, i)
-        # int8 0/1 spikes in the residual: the user's exact state at t = 0; the last entry is reads
-        s = stored_state(res_refs, s_dtypes, s0, spike_res, j, t) + [read_ref[j]]
+        s = entering_state(res_refs, read_ref, s0, t, (j,))      # the last entry is reads
         g_out = g_out_ref[j] if want_out else jnp.zeros(shape, out_dtype)
-        _, vjp = jax.vjp(f, p_vals, s, cur_ref[j])
+        _, vjp = jax.vjp(lambda d, ss, x: step(combine(d), ss, x), p_vals, s, cur_ref[j])
         dd, ds, di = vjp(([a.astype(dt) for a, dt in zip(g_s, s_dtypes)], g_out))
         di = di.astype(jnp.float32)
         if want_cur:
@@ -387,8 +387,8 @@ def _backward_kernel(*refs, tl: RecLayout, step, combine, n_p, s_dtypes, out_dty
         return ds, [a + b_.astype(a.dtype) for a, b_ in zip(g_p, dd)]
 
     g_s, g_p = jax.lax.fori_loop(0, tl.tc, body, (g_s, g_p))
-    store(g_s0_refs, g_s)
-    store(g_p_refs, g_p)
+    write(g_s0_refs, g_s)
+    write(g_p_refs, g_p)
 
 
 def _backward_call(*, tl: RecLayout, step, combine, n_p, s_dtypes, cur_dtype, out_dtype, dot_dtype, res_dtypes,
@@ -475,8 +475,9 @@ def _streamed_forward_kernel(*refs, tl: RecLayout, step, combine, n_p, s_dtypes,
     def body(j, carry):
         def snapshot(cj):   # reads[t] = r_{t-1}; the residuals: the entering state
             read_ref[j, :, cj] = sT_refs[-1][:, cj]
-            for k in range(n_s - 1 if keep else 0):
-                res_refs[k][j, :, cj] = sT_refs[k][:, cj].astype(res_dtypes[k])
+            if keep:
+                for ref, v in zip(res_refs, store([r[:, cj] for r in sT_refs[:-1]], res_dtypes)):
+                    ref[j, :, cj] = v
 
         _blocks(tl, snapshot)
         sync()
@@ -514,25 +515,17 @@ def _streamed_backward_kernel(*refs, tl: RecLayout, step, combine, n_p, s_dtypes
     shape = (tl.bB, tl.bk)
     # the carries live in the output blocks: d state (from d final state) and the parameter sums (zeros)
     _copy_blocks(tl, g_s_refs + g_p_refs, g_sT_refs + [None] * n_p, sync)
-    spike_res = {k for k, dt in enumerate(res_dtypes) if jnp.dtype(dt) == jnp.dtype(jnp.int8)}
-
-    def f(d, s, x):
-        return step(combine(d), s, x)
 
     def body(i, carry):
         j = t = tl.T - 1 - i         # reverse time, all T steps in this program
 
         def local(cj):      # the step's VJP on one block; d state without the recurrent term
-            s = []
-            for k, ref in enumerate(res_refs):
-                v = ref[j, :, cj].astype(s_dtypes[k])
-                s.append(jnp.where(t == 0, s0_refs[k][:, cj], v) if k in spike_res else v)
-            s.append(read_ref[j, :, cj])
+            s = entering_state(res_refs, read_ref, [ref[:, cj] for ref in s0_refs], t, (j, slice(None), cj))
             g_s = [ref[:, cj] for ref in g_s_refs]
             g_p = [ref[:, cj] for ref in g_p_refs]
             g_out = g_out_ref[j, :, cj] if want_out else jnp.zeros(shape, out_dtype)
             p_vals = [jnp.broadcast_to(ref[:, cj], shape) for ref in p_refs]
-            _, vjp = jax.vjp(f, p_vals, s, cur_ref[j, :, cj])
+            _, vjp = jax.vjp(lambda d, ss, x: step(combine(d), ss, x), p_vals, s, cur_ref[j, :, cj])
             dd, ds, di = vjp(([a.astype(dt) for a, dt in zip(g_s, s_dtypes)], g_out))
             di = di.astype(jnp.float32)
             if want_cur:

@@ -32,7 +32,6 @@ import snnkern
 from snnkern import snn
 from snnkern.functional.surrogate import sigmoid_surrogate, superspike_surrogate
 from snnkern.plan import impl as plan_impl
-from snnkern.kernels import neuron_loop as NL
 from snnkern.kernels import pallas_recurrent as PR
 from snnkern.kernels import recurrent as REC
 from snnkern.plan import Impl
@@ -274,7 +273,7 @@ def test_grad_of_vmap_forms_dw_once(impl):
     dyn, static = eqx.partition(p, eqx.is_array)
 
     def per_sample(w, x):   # the one-sample custom VJP, vmapped by JAX's generic rule
-        sT, o, c, r = NL.recurrent_batched(step, dyn, static, w, b, [s[None] for s in st], x[None], sidx)
+        sT, o, c, r = REC.recurrent_batched(step, dyn, static, w, b, [s[None] for s in st], x[None], sidx)
         return jnp.sum(o)
 
     ctrl = _shapes_in(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(jax.vmap(lambda x: per_sample(w, x))(ff))))(w).jaxpr)

@@ -73,11 +73,11 @@ class Mutant:
 
 
 MUTANTS: List[Mutant] = [
-    Mutant("xla-surrogate-x1.2", "kernels/neuron_loop.py",
-           "dd, ds, dx = grads.vjp(d, s, xt, (g_s, cot_out))",
-           "dd, ds, dx = grads.vjp(d, s, xt, (g_s, 1.2 * cot_out))",
-           "XLA neuron loop, backward: the cotangent of each step's output x1.2 (a surrogate 1.2x too "
-           "steep on the output path)",
+    Mutant("xla-surrogate-x1.2", "kernels/loop_builder.py",
+           "dd, ds, di = grads.vjp(d, s, i_t, (g_s, cot_out))",
+           "dd, ds, di = grads.vjp(d, s, i_t, (g_s, 1.2 * cot_out))",
+           "XLA neuron, recurrent and delay loops, backward: the cotangent of each step's output x1.2 (a "
+           "surrogate 1.2x too steep on the output path)",
            ("test_model.py", "test_feedback.py", "test_plan.py", "test_equivalence.py")),
     Mutant("pallas-no-reset", "kernels/pallas_common.py",
            "ns, out = step(p, list(s), x)",
@@ -85,16 +85,16 @@ MUTANTS: List[Mutant] = [
            "Pallas forward kernels: the step sees no previous spike (the deferred reset of LIF / "
            "LIFSoftReset is dropped)",
            ("test_pallas.py models", "test_pallas_recurrent.py models", "test_pallas.py loops")),
-    Mutant("xla-recurrent-wT", "kernels/neuron_loop.py",
-           "ds[-1] = ds[-1] + (di @ w).astype(ds[-1].dtype) + g_rd",
-           "ds[-1] = ds[-1] + (di @ w.T).astype(ds[-1].dtype) + g_rd",
-           "XLA recurrent loop, backward: the recurrent cotangent dI_t @ W^T instead of dI_t @ W",
+    Mutant("xla-recurrent-wT", "kernels/loop_builder.py",
+           "return di if w is None else di @ w ",
+           "return di if w is None else di @ w.T ",
+           "XLA recurrent and delay loops, backward: the recurrent cotangent dI_t @ W^T instead of dI_t @ W",
            ("test_feedback.py", "test_equivalence.py", "test_pallas_recurrent.py loops")),
-    Mutant("restore-ignores-state0", "kernels/common.py",
+    Mutant("restore-ignores-state0", "kernels/residuals.py",
            "return jnp.where(t == 0, s0, kept.astype(s0.dtype))",
            "return kept.astype(s0.dtype)",
-           "XLA loops (neuron, recurrent, component), backward: the exact initial spike state at t = 0 ignored "
-           "(its bool copy used)",
+           "every loop (XLA and Pallas), backward: the exact initial spike state at t = 0 ignored (its "
+           "bool / int8 copy used)",
            ("test_model.py", "test_equivalence.py")),
     Mutant("pallas-padding-unmasked", "kernels/pallas_neuron.py",
            "valid = masked_step_valid(tl.T_pad > tl.T, c, tl.tc, j, tl.T)",
@@ -113,15 +113,15 @@ MUTANTS: List[Mutant] = [
            "XLA and Pallas loops, backward: per-neuron parameter gradients averaged instead of summed",
            ("test_model.py", "test_equivalence.py", "test_pallas.py models")),
     Mutant("pallas-recurrent-wT", "kernels/pallas_recurrent.py",
-           "wp = jnp.pad(w_.astype(dot_dtype), [(0, tl.n_pad - n)] * 2)",
-           "wp = jnp.pad(w_.T.astype(dot_dtype), [(0, tl.n_pad - n)] * 2)",
+           "wp = jnp.pad(w_.astype(cfg[\"dot_dtype\"]), [(0, tl.n_pad - n)] * 2)",
+           "wp = jnp.pad(w_.T.astype(cfg[\"dot_dtype\"]), [(0, tl.n_pad - n)] * 2)",
            "Pallas recurrent backward kernel: W^T where W belongs (the recurrent cotangent)",
            ("test_pallas_recurrent.py models", "test_pallas_recurrent.py loops")),
 ]
 
 # the proof that a broken copy fails: a quick model test that runs the XLA neuron loop
 _SANITY_TARGET = ("tests/test_plan.py", "-k", "backend_context_manager_selects_path")
-_SANITY_BREAK = ("kernels/neuron_loop.py", "    last_from_reads = last_from is not None\n",
+_SANITY_BREAK = ("kernels/neuron_loop.py", "    dyn, static = eqx.partition(params, eqx.is_array)\n",
                  '    raise RuntimeError("mutants.py: deliberately broken copy")\n')
 
 

@@ -101,7 +101,7 @@ MUTANTS: List[Mutant] = [
            "valid = masked_step_valid(False, c, tl.tc, j, tl.T)",
            "Pallas neuron forward kernel: padded time steps (T not a multiple of the time chunk) not masked",
            ("test_pallas.py models", "test_pallas.py loops")),
-    Mutant("shift-ignores-initial-output", "snnkern/plan/runner.py",
+    Mutant("shift-ignores-initial-output", "snnkern/plan/seq.py",
            "return jnp.concatenate([first[None], seq[:-1].astype(first.dtype)], axis=0)",
            "return jnp.concatenate([jnp.zeros_like(first)[None], seq[:-1].astype(first.dtype)], axis=0)",
            "planned path: a consumer reads zeros at t = 0 instead of its source's initial output "

@@ -21,7 +21,7 @@ import pytest
 
 from snnkern import snn
 from snnkern.kernels.loop_builder import Feedback, batch_over, coupled_loop
-from snnkern.plan.planner import neuron_step
+from snnkern.plan.seq import neuron_step
 
 from helpers import GRAD_ATOL, GRAD_RTOL, OUT_ATOL, OUT_RTOL, assert_rate, assert_trees_close
 from test_pallas_recurrent import _shapes_in

@@ -95,7 +95,7 @@ MUTANTS: List[Mutant] = [
            "return kept.astype(s0.dtype)",
            "every loop (XLA and Pallas), backward: the exact initial spike state at t = 0 ignored (its "
            "bool / int8 copy used)",
-           ("test_model.py", "test_equivalence.py")),
+           ("test_model.py", "test_equivalence.py", "test_pallas.py loops")),
     Mutant("pallas-padding-unmasked", "kernels/pallas_neuron.py",
            "valid = masked_step_valid(tl.T_pad > tl.T, c, tl.tc, j, tl.T)",
            "valid = masked_step_valid(False, c, tl.tc, j, tl.T)",

@@ -192,7 +192,7 @@ class RecurrentLoop(CycleStrategy):
         return f"{self.impl}, {self.tiling.target} tiling, {w}"
 
     def describe(self) -> str:
-        return f"feed-forward branches as GEMMs over T·B rows + recurrent loop (custom VJP) [{self.detail()}]"
+        return f"recurrent loop (custom VJP) [{self.detail()}], its feed-forward branches one GEMM over T·B rows"
 
     def summary(self, layer=None) -> str:
         return f"GEMM over T·B rows + fused recurrent loop ({self.detail()})"

@@ -158,8 +158,8 @@ def _entering(k: int, last: bool, t: str) -> List[str]:
                   f"else if (j->last_from == 2) {{ if (t == 0) {copy.format(k=k, t=t, src=f'j->s0[{k}] + row')}",
                   f"else {copy.format(k=k, t=t, src='j->last + off - N')} }}", "else "]
     lines += [f"if (t == 0) {copy.format(k=k, t=t, src=f'j->s0[{k}] + row')}",
-              f"else if (j->spike_mask >> {k} & 1) {{ const bool* r = (const bool*)j->res_in[{k}] + off;",
-              f"for (int64_t i = 0; i < nb; ++i) E{k}[i] = r[i] ? ({t})1 : ({t})0; }}",
+              f"else if (j->spike_mask >> {k} & 1) {{ const uint8_t* r = (const uint8_t*)j->res_in[{k}] + off;",
+              f"for (int64_t i = 0; i < nb; ++i) E{k}[i] = ({t})r[i]; }}",
               f"else {copy.format(k=k, t=t, src=f'j->res_in[{k}] + off')}"]
     return lines
 

@@ -255,3 +255,20 @@ def test_bitwise_without_fma():
     r = subprocess.run([sys.executable, "-c", BITWISE], env=env, capture_output=True, text=True, timeout=300,
                        cwd=Path(__file__).resolve().parent.parent)
     assert r.returncode == 0 and "bitwise" in r.stdout, r.stderr[-3000:]
+
+
+def test_planner_takes_the_native_loop(monkeypatch):
+    """On CPU the neuron-loop strategy runs the native loop (explain() says so); without a compiler,
+    or with SNNKERN_NATIVE=0, the XLA loop with the reason as a note (not a fallback)."""
+    import equinox.nn as nn
+
+    import snnkern
+    key = jax.random.PRNGKey(0)
+    model = snn.Sequential(nn.Linear(8, 16, key=key), snn.LIF([0.9, 0.8]))
+    plan = snnkern.explain(model, (8,), T=10)
+    assert "[native]" in str(plan) and not plan.fallbacks, plan
+    monkeypatch.setenv("SNNKERN_CXX", "snnkern-no-such-compiler")
+    plan = snnkern.explain(model, (8,), T=10)
+    assert "[xla; native loop not used: no C++ compiler" in str(plan) and not plan.fallbacks, plan
+    monkeypatch.setenv("SNNKERN_NATIVE", "0")
+    assert "native loop off (SNNKERN_NATIVE=0)" in str(snnkern.explain(model, (8,), T=10))

@@ -28,9 +28,14 @@ from .generate import check_elementwise, source, trace
 __all__ = ["native_neuron_loop", "native_unsupported", "kernel_targets"]
 
 
+def _aval(a):
+    """Shape and dtype of an array, a tracer or a ``jax.ShapeDtypeStruct`` (the planner's avals)."""
+    return jax.ShapeDtypeStruct(tuple(jnp.shape(a)), jnp.dtype(a.dtype))
+
+
 def _avals(state0, xs):
-    return [jax.ShapeDtypeStruct(jnp.shape(s), jnp.result_type(s)) for s in state0], \
-        jax.ShapeDtypeStruct(jnp.shape(xs)[1:], jnp.result_type(xs))
+    x = _aval(xs)
+    return [_aval(s) for s in state0], jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
 
 
 def kernel_targets(step, params, state0: Sequence, xs):
@@ -38,6 +43,7 @@ def kernel_targets(step, params, state0: Sequence, xs):
     compiled (or loaded from the cache) and registered. Raises :class:`NativeUnsupported` /
     :class:`NativeUnavailable` with the reason."""
     dyn, static = eqx.partition(params, eqx.is_array)
+    dyn = jax.tree.map(_aval, dyn)
     s_avals, x_aval = _avals(state0, xs)
     for s in s_avals:
         if s.shape != x_aval.shape:

@@ -69,11 +69,12 @@ def native_unsupported(step, params, state0: Sequence, xs) -> Optional[str]:
 
 
 def native_neuron_loop(step, params, state0: list, xs, spike_idx: Sequence[int] = (), want_out: bool = True,
-                       want_read: bool = False, out_is_last_state: bool = False):
+                       want_read: bool = False, out_is_last_state: bool = False, kernel=None):
     """``(final_state, outs, reads)`` as ``kernels.neuron_loop.neuron_loop`` returns them, from the
-    native loops (custom VJP; works under ``jit``, ``vmap`` and ``grad``)."""
+    native loops (custom VJP; works under ``jit``, ``vmap`` and ``grad``). ``kernel``: what
+    :func:`kernel_targets` returned for these operands (the planner's, so the step is not traced again)."""
     state0, xs = [jnp.asarray(s) for s in state0], jnp.asarray(xs)
-    fwd_t, bwd_t, tr = kernel_targets(step, params, state0, xs)
+    fwd_t, bwd_t, tr = kernel if kernel is not None else kernel_targets(step, params, state0, xs)
     dyn, static = eqx.partition(params, eqx.is_array)
     shape, dtype = xs.shape[1:], xs.dtype
     ns = len(state0)

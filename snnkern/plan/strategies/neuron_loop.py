@@ -8,8 +8,8 @@ a loop the kernels cannot take (shape, dtype, parameters) runs on XLA with the r
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional, Tuple
 
 from snnkern.kernels.tiling import NeuronTiling
 
@@ -35,6 +35,8 @@ class NeuronLoop(LayerStrategy):
     out_is_last_state: bool = False
     tiling: Optional[NeuronTiling] = None
     note: Optional[str] = None
+    # the native kernel's FFI targets, made when planned (the step is not traced again to run it)
+    native: Any = field(default=None, compare=False, repr=False)
 
     kind: ClassVar[str] = "neuron"
     is_loop: ClassVar[bool] = True
@@ -49,9 +51,15 @@ class NeuronLoop(LayerStrategy):
         choice = choose_impl(where, platform)
         reason, tiling = choice.reason, None
 
+        kernel = []
+
         def why_not_native():
             from snnkern.kernels import native
-            return native.native_unsupported(neuron_step(layer), layer.params(), list(site.state), xs)
+            try:
+                kernel.append(native.kernel_targets(neuron_step(layer), layer.params(), list(site.state), xs))
+            except (native.NativeUnsupported, native.NativeUnavailable) as e:
+                return str(e)
+            return None
 
         impl, note = native_choice(choice, platform, why_not_native)
         if impl.is_pallas:
@@ -64,7 +72,8 @@ class NeuronLoop(LayerStrategy):
                 impl, reason = Impl.XLA, fallback(where, "xla", why)
         top = site.top
         spec = cls(impl, tuple(sorted(set(layer.binary_state_entries()))), site.want_out or not top,
-                   site.want_read and top, top and layer.output_is_last_state, tiling, note)
+                   site.want_read and top, top and layer.output_is_last_state, tiling, note,
+                   kernel[0] if impl is Impl.NATIVE else None)
         return Step(where, spec, site.address, reason)
 
     def run(self, layer, state, inp, key):
@@ -80,7 +89,7 @@ class NeuronLoop(LayerStrategy):
                                tiling=self.tiling, **kw)
         if self.impl is Impl.NATIVE:
             from snnkern.kernels.native import native_neuron_loop
-            return native_neuron_loop(step, params, state0, xs, self.spike_idx, **kw)
+            return native_neuron_loop(step, params, state0, xs, self.spike_idx, kernel=self.native, **kw)
         from snnkern.kernels.neuron_loop import neuron_loop
         return neuron_loop(step, params, state0, xs, self.spike_idx, **kw)
 

@@ -30,6 +30,21 @@ from snnkern.plan.protocol import is_compound, is_neuron
 
 f32 = np.float32
 
+
+def _cpu_neuron_loop():
+    """The neuron loop the planner runs on CPU: the native one where it is asked for (``SNNKERN_NATIVE=1``)
+    and can be built (kernels/native), else the XLA loop."""
+    import os
+
+    from snnkern.kernels.native import native_unavailable
+    from snnkern.plan import Impl
+    on = os.environ.get("SNNKERN_NATIVE", "0").strip().lower() in ("1", "true", "yes", "on")
+    return Impl.NATIVE if on and native_unavailable() is None else Impl.XLA
+
+
+CPU_LOOP_IMPL = _cpu_neuron_loop()
+CPU_LOOP = str(CPU_LOOP_IMPL)   # "native" or "xla", as explain() writes it
+
 OUT_ATOL, OUT_RTOL = 1e-5, 1e-5
 GRAD_ATOL, GRAD_RTOL = 1e-5, 1e-4
 NEAR_THRESHOLD = 1e-4

@@ -336,7 +336,10 @@ def test_compiled_step_all_reduces(results, name):
     assert results[name]["all_reduce"], "no all-reduce in the compiled step's HLO"
 
 
-@pytest.mark.parametrize("name,loop", [("ff", "neuron loop (custom VJP) [xla]"),
+# the neuron loop: XLA, or on CPU the native loop where it can run (kernels/native; under shard_map it
+# is refused with a note, the XLA loop runs)
+@pytest.mark.parametrize("name,loop", [("ff", ("neuron loop (custom VJP) [xla]", "neuron loop (custom VJP) [xla; ",
+                                               "neuron loop (custom VJP) [native]")),
                                        ("rec", "recurrent loop (custom VJP) [xla]")])
 def test_planned_path_runs_per_shard(results, name, loop):
     """Inside shard_map the model is traced on its local batch (B/4 samples) and takes the

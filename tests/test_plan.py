@@ -24,7 +24,8 @@ from snnkern.plan.strategies import Batched, DelayLoop, Gemm, NeuronLoop, Recurr
 from snnkern import snn
 from snnkern.plan.graph import components
 
-from helpers import assert_fires, assert_results_close, assert_trees_close, mixed_loss, scale_linear
+from helpers import (CPU_LOOP, CPU_LOOP_IMPL, assert_fires, assert_results_close, assert_trees_close, mixed_loss,
+                     scale_linear)
 
 
 # The models below fire on ``_inputs`` (uniform [0, 2), T = 12): the input Linears are scaled x3
@@ -143,18 +144,18 @@ def test_explain_sequential():
         step = c.steps[0]
         assert step.reason is None
         if c.kind == "neuron":
-            assert isinstance(step.spec, NeuronLoop) and step.impl is Impl.XLA, step
+            assert isinstance(step.spec, NeuronLoop) and step.impl in (Impl.XLA, Impl.NATIVE), step
         elif isinstance(model.layers[c.layers[0]], eqx.nn.Linear):
             assert type(step.spec) is Gemm and step.impl is None, step
         else:
             assert type(step.spec) is Batched and step.impl is None, step
     # the table names every component and path, and the chains
     text = str(plan)
-    assert "planned" in text and "neuron loop (custom VJP) [xla]" in text and "batched" in text
+    assert "planned" in text and f"neuron loop (custom VJP) [{CPU_LOOP}]" in text and "batched" in text
     assert plan.chains == (
         "layers 0-2: Linear -> LayerNorm -> LIF chain: GEMM over T·B rows + LayerNorm over all T·B rows"
-        " + fused neuron loop (xla)",
-        "layers 3-4: Linear -> SimpleLIF chain: GEMM over T·B rows + fused neuron loop (xla)")
+        f" + fused neuron loop ({CPU_LOOP})",
+        f"layers 3-4: Linear -> SimpleLIF chain: GEMM over T·B rows + fused neuron loop ({CPU_LOOP})")
     assert "  chains:\n    layers 0-2: Linear -> LayerNorm -> LIF chain" in text
     for i, name in enumerate(["Linear", "LayerNorm", "LIF", "Linear", "SimpleLIF"]):
         assert f"layer {i} ({name})" in text
@@ -164,7 +165,7 @@ def test_explain_names_recurrent_chains_and_cycles():
     plan = snnkern.explain(recurrent_model(), (3,))
     assert plan.chains[0] == ("layer 0: recurrent chain Parallel([Linear, Linear_rec]) -> LIF: GEMM over T·B rows"
                               " + fused recurrent loop (xla)")
-    assert plan.chains[1] == "layers 1-2: Linear -> SimpleLIF chain: GEMM over T·B rows + fused neuron loop (xla)"
+    assert plan.chains[1] == f"layers 1-2: Linear -> SimpleLIF chain: GEMM over T·B rows + fused neuron loop ({CPU_LOOP})"
     k = _k()
     layers = [eqx.nn.Linear(3, 4, key=k[0]), snn.LIF([0.8, 0.7]), eqx.nn.Linear(4, 4, key=k[1]), snn.LIF([0.8, 0.7])]
     cyc = snnkern.explain(snn.SequentialLocalFeedback(layers, feedback_layers={3: 1}), (3,))
@@ -181,11 +182,13 @@ def test_explain_names_recurrent_chains_and_cycles():
 
 
 def test_explain_default_backend_on_cpu_is_xla_without_fallback():
+    """auto on CPU: the XLA loops, the neuron loops native where they can (kernels/native)."""
     if jax.default_backend() != "cpu":
         pytest.skip("auto resolves to xla on CPU only")
     plan = snnkern.explain(seq_model())
     assert plan.backend == "auto" and plan.path == "planned" and plan.fallbacks == []
-    assert all(s.impl in (None, Impl.XLA) for s in plan.steps) and any(s.impl is Impl.XLA for s in plan.steps)
+    cpu = (None, Impl.XLA, Impl.NATIVE)
+    assert all(s.impl in cpu for s in plan.steps) and any(s.impl in cpu[1:] for s in plan.steps)
 
 
 def test_explain_compound_lists_its_sub_layers():
@@ -198,8 +201,8 @@ def test_explain_compound_lists_its_sub_layers():
     assert len(steps) == 3
     assert type(steps[0].spec) is Gemm and type(steps[1].spec) is Batched
     assert plan.chains[0] == ("layer 0: Linear -> LayerNorm -> LIF chain (a CompoundLayer): GEMM over T·B rows"
-                              " + LayerNorm over all T·B rows + fused neuron loop (xla)")
-    assert isinstance(steps[2].spec, NeuronLoop) and steps[2].impl is Impl.XLA and steps[2].address == (0, 2)
+                              f" + LayerNorm over all T·B rows + fused neuron loop ({CPU_LOOP})")
+    assert isinstance(steps[2].spec, NeuronLoop) and steps[2].impl is CPU_LOOP_IMPL and steps[2].address == (0, 2)
     assert "sub 2 (LIF)" in steps[2].where
 
 

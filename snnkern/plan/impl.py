@@ -16,7 +16,7 @@ from typing import Optional, Tuple
 from snnkern import settings
 from snnkern.kernels.tiling import Tiling, layout_target
 
-__all__ = ["Impl", "Choice", "fallback", "pallas_available", "choose_impl", "kernel_target"]
+__all__ = ["Impl", "Choice", "fallback", "pallas_available", "choose_impl", "kernel_target", "native_choice"]
 
 PALLAS_PLATFORMS = ("gpu", "cuda", "rocm", "tpu")
 
@@ -27,10 +27,11 @@ class Impl(str, enum.Enum):
     XLA = "xla"                              # lax.scan loops with a hand-written VJP
     PALLAS = "pallas"                        # compiled Pallas kernels (Triton on GPU, Mosaic on TPU)
     PALLAS_INTERPRET = "pallas-interpret"    # the same kernels in the Pallas interpreter (tests)
+    NATIVE = "native"                        # C++ loops generated from the step, through XLA's FFI (CPU)
 
     @property
     def is_pallas(self) -> bool:
-        return self is not Impl.XLA
+        return self in (Impl.PALLAS, Impl.PALLAS_INTERPRET)
 
     def __str__(self) -> str:
         return self.value
@@ -102,3 +103,24 @@ def kernel_target(impl: Impl, platform: str) -> Tuple[str, str]:
     interpret = impl is Impl.PALLAS_INTERPRET
     target = "gpu" if interpret else layout_target(platform)
     return target, Tiling(target).rules_platform(interpret)
+
+
+def native_on() -> bool:
+    """``SNNKERN_NATIVE=1``: the native CPU loops are opt-in for now (read at trace time). They are faster
+    than the XLA loop but short of issue 23's targets, and compile a kernel per neuron configuration
+    at plan time (docs/kernels.md "Native CPU loops")."""
+    return os.environ.get("SNNKERN_NATIVE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def native_choice(choice: Choice, platform: str, why_not) -> Tuple[Impl, Optional[str]]:
+    """The native CPU loop in place of the XLA loop (docs/kernels.md "Native CPU loops"): on CPU, when
+    the XLA loop was chosen as asked (backend ``auto`` or ``xla``), the native loop runs if it can:
+    ``why_not()`` is None. Otherwise ``(XLA, note)``: the XLA loop is what was asked for, so the
+    reason is a note shown in explain(), not a fallback (not logged as one, never strict-mode fatal).
+    Only with ``SNNKERN_NATIVE=1`` (:func:`native_on`); without it the XLA loop, as asked."""
+    if choice.impl is not Impl.XLA or choice.reason is not None or platform.lower() != "cpu":
+        return choice.impl, None
+    if not native_on():
+        return Impl.XLA, None
+    why = why_not()
+    return (Impl.NATIVE, None) if why is None else (Impl.XLA, f"native loop not used: {why}")

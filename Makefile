@@ -20,9 +20,12 @@ $(STAMP):
 
 venv: $(STAMP)
 
-# gpu_compile tests run in test-gpu-compile (they skip without the CUDA plugin anyway)
+# gpu_compile tests run in test-gpu-compile (they skip without the CUDA plugin anyway).
+# pytest-xdist: TEST_WORKERS processes, each test file whole on one of them (--dist loadfile: a file's
+# shared fixtures and compiled models are built once); docs/testing.md "How the suite stays fast".
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -m "not gpu_compile"
+	$(PY) -m pytest -q -p no:cacheprovider -m "not gpu_compile" -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(PY) -m ruff check snnkern kernels bench tests tools

@@ -12,10 +12,13 @@ Hypothesis profiles (``pytest --hypothesis-profile=NAME``; default ``ci``):
   so the five of them compare 30 models in ~1.3 minutes on 2 cores (was 10).
 - ``thorough``: random examples, 60 each, with shrinking (for a local hunt; ~15 minutes).
 """
+import atexit
 import glob
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 
 # With jax-cuda12-plugin installed (`make test-gpu-compile`) on a machine without a GPU, JAX would
 # try the CUDA backend first and log a failed plugin initialisation; the compile-only GPU devices
@@ -58,6 +61,27 @@ def keys():
 def rng():
     """A fixed numpy generator for input data."""
     return np.random.default_rng(1234)
+
+
+def _session_compilation_cache():
+    """A persistent compilation cache for this test process only (a fresh temporary folder, removed at
+    exit; with pytest-xdist one per worker). The suite traces the same program many times on purpose
+    (every comparison uses fresh function objects, see helpers.under; a parametrization or a rejected
+    Hypothesis draw rebuilds the same model; each module starts from empty in-memory caches): XLA then
+    compiles each distinct program once and loads it from this cache afterwards. The cache is keyed on
+    the lowered program (HLO), the compile options and the JAX/XLA version, so a hit is the very
+    executable a fresh compile would give; every trace still runs. ``SNNKERN_TEST_COMPILE_CACHE=0``
+    turns it off; a cache folder the user configured is left as it is."""
+    if os.environ.get("SNNKERN_TEST_COMPILE_CACHE", "1") == "0" or jax.config.jax_compilation_cache_dir:
+        return
+    path = tempfile.mkdtemp(prefix="snnkern-test-xla-cache-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+_session_compilation_cache()
 
 
 @pytest.fixture(autouse=True, scope="module")

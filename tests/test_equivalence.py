@@ -599,8 +599,10 @@ def _transform_models():
 TRANSFORM_MODELS = _transform_models()
 
 
-@pytest.fixture(params=sorted(TRANSFORM_MODELS))
+@pytest.fixture(scope="module", params=sorted(TRANSFORM_MODELS))
 def tcase(request):
+    """(model, states, x, key) of one transform model; module-scoped: its firing is checked once for
+    the six transform tests that use it."""
     model = TRANSFORM_MODELS[request.param]
     k = jax.random.split(jax.random.PRNGKey(21), 2)
     states = model.init_state((3,), k[0])

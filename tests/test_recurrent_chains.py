@@ -8,6 +8,8 @@ it: no per-step parameters, no padded neuron) the Pallas recurrent kernel in int
 """
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -67,15 +69,23 @@ def _close(a, b, what, atol=1e-5, rtol=1e-4):
         assert err <= atol + rtol * scale, f"{what}: max error {err:.3g} (scale {scale:.3g})"
 
 
-@pytest.mark.parametrize("kind", ["ln", "ln-affine", "identity-lambda", "none"])
-@pytest.mark.parametrize("backend", ["xla", "pallas-interpret"])
-def test_recurrent_chain_matches_reference(kind, backend):
+@functools.cache
+def _case(kind):
+    """The models, inputs and reference runs of ``kind``, shared by the xla and pallas-interpret cases."""
     key = jax.random.PRNGKey(7)
     model = recmlp(key, kind=kind)
     wide = recmlp(key, kind=kind, final=(1, 2, 3))         # the same model, returning both chains too
     st = model.init_state((3, 4), key)
     x = 2.0 * jax.random.bernoulli(jax.random.PRNGKey(1), 0.5, (3, 16, 3, 4)).astype(jnp.float32)
-    ref_wide = _run(wide, "reference", x, st, key)
+    refs = [_run(m, "reference", x, st, key) for m in (model, wide)]
+    return key, model, wide, st, x, refs
+
+
+@pytest.mark.parametrize("kind", ["ln", "ln-affine", "identity-lambda", "none"])
+@pytest.mark.parametrize("backend", ["xla", "pallas-interpret"])
+def test_recurrent_chain_matches_reference(kind, backend):
+    key, model, wide, st, x, refs = _case(kind)
+    ref_wide = refs[1]
     rates = [float(jnp.mean(ref_wide[1][c][-1])) for c in (0, 1)]      # each chain's neuron output
     assert all(0.02 <= r <= 0.98 for r in rates), f"both chains must fire (2-98 %): {rates}"
     with snnkern.backend(backend):
@@ -91,8 +101,7 @@ def test_recurrent_chain_matches_reference(kind, backend):
             assert all("parameters" in s.reason for s in loops)
     else:
         assert all(s.impl is Impl.XLA and s.reason is None for s in loops), str(plan)
-    for m, ref in ((model, None), (wide, ref_wide)):
-        ref = _run(m, "reference", x, st, key) if ref is None else ref
+    for m, ref in zip((model, wide), refs):
         got = _run(m, backend, x, st, key)
         _close(got[0], ref[0], "final states")
         _close(got[1], ref[1], "outputs")

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..common import params_broadcast, reduce_to
+from ..loop_builder import custom_loop
 from .build import NativeUnavailable, load, native_unavailable
 from .codegen import NativeUnsupported
 from .generate import check_elementwise, source, trace
@@ -99,15 +100,10 @@ def native_neuron_loop(step, params, state0: list, xs, spike_idx: Sequence[int] 
         r = rest.pop(0) if want_read else None
         return sT, o, r, rest
 
-    @jax.custom_vjp
-    def loop(d, s0, x):
-        sT, o, r, _ = run(d, s0, x, False)
-        return sT, o, r
-
-    def fwd(d, s0, x):
-        sT, o, r, res = run(d, s0, x, True)
+    def forward(d, s0, x, keep):
+        sT, o, r, res = run(d, s0, x, keep)
         last = [r] if last_from == 1 else [o] if last_from == 2 else []
-        return (sT, o, r), (d, s0, x, res, last)
+        return (sT, o, r), ((d, s0, x, res, last) if keep else None)
 
     def bwd(saved, g):
         d, s0, x, res, last = saved
@@ -121,5 +117,4 @@ def native_neuron_loop(step, params, state0: list, xs, spike_idx: Sequence[int] 
         g_d = jax.tree.unflatten(jax.tree.structure(d), g_p)
         return g_d, [g.astype(s.dtype) for g, s in zip(got[tr.np:tr.np + ns], s0)], got[-1].astype(x.dtype)
 
-    loop.defvjp(fwd, bwd)
-    return loop(dyn, state0, xs)
+    return custom_loop(forward, bwd)(dyn, state0, xs)

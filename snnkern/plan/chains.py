@@ -25,7 +25,7 @@ def _part(layer, step: Step) -> str:
     return step.spec.summary(layer) + fallback_mark(step)
 
 
-def _feed_forward(struct, layers, c: Component, comp_of, readers, taken) -> List[int]:
+def _feed_forward(struct, c: Component, comp_of, readers, taken) -> List[int]:
     """The run of stateless layers that only this neuron reads, ending in it."""
     (i,) = c.layers
     run, j = [i], i
@@ -51,7 +51,7 @@ def chains(struct, layers: Sequence, comps: Sequence[Component]) -> Tuple[str, .
         if c.cyclic:
             out.append(spec.chain_line(c.step, layers))
         elif isinstance(spec, NeuronLoop):
-            run = _feed_forward(struct, layers, c, comp_of, readers, taken)
+            run = _feed_forward(struct, c, comp_of, readers, taken)
             if len(run) > 1:
                 taken.update(run)
                 names = " -> ".join(type(layers[k]).__name__ for k in run)

@@ -12,7 +12,6 @@ import dataclasses
 from typing import List, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 
 from snnkern import settings
 from snnkern.kernels.platform import tracing_platform
@@ -23,14 +22,11 @@ from .checkpoint import checkpoint_asked, checkpoint_every
 from .graph import components
 from .impl import fallback
 from .protocol import layer_output, merge_inputs
+from .seq import aval
 from .types import Component, Plan, Step
 from .wiring import gather
 
 __all__ = ["make_plan", "recorded_plans"]
-
-
-def _aval(x):
-    return jax.ShapeDtypeStruct(tuple(jnp.shape(x)), jnp.result_type(x))
 
 
 def _name(i, layer) -> str:
@@ -63,7 +59,7 @@ class _Planner:
         self.T = int(xs[0].shape[0])
         self.x_step = [jax.ShapeDtypeStruct(tuple(x.shape[1:]), x.dtype) for x in xs]
         # what consumers read: the source's state[-1], in its dtype (the runner keeps it)
-        self.reads = [_aval(layer_output(layers[j], states[j])) for j in range(struct.num_layers)]
+        self.reads = [aval(layer_output(layers[j], states[j])) for j in range(struct.num_layers)]
         self.consumed = {j for srcs in struct.input_connectivity for j in srcs}
         self.final = set(struct.final_layer_ids)
         self._merged = {}

@@ -8,7 +8,12 @@ import jax.numpy as jnp
 
 from .protocol import keep_dtypes
 
-__all__ = ["shift", "gemm_seq", "stateless_seq", "is_vector_linear", "float_input", "float_aval", "neuron_step"]
+__all__ = ["aval", "shift", "gemm_seq", "stateless_seq", "is_vector_linear", "float_input", "float_aval", "neuron_step"]
+
+
+def aval(x):
+    """The abstract value (shape, dtype) of an array or aval."""
+    return jax.ShapeDtypeStruct(tuple(jnp.shape(x)), jnp.result_type(x))
 
 
 def shift(seq, first):

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from ..protocol import call_layer, is_stateful, read_from_out
+from ..seq import aval
 from ..types import Step
 
 __all__ = ["Strategy", "LayerStrategy", "CycleStrategy", "LayerSite", "CycleSite", "Taken", "KEY", "span",
@@ -62,7 +63,7 @@ class LayerSite:
         input of that shape it is the output aval, and the layer is not traced again."""
         floats = jax.tree.leaves(self.x) + jax.tree.leaves(self.state)
         if not is_stateful(self.layer) and all(jnp.result_type(a) == _DEFAULT_FLOAT for a in floats):
-            return jax.ShapeDtypeStruct(tuple(jnp.shape(self.state[0])), jnp.result_type(self.state[0]))
+            return aval(self.state[0])
         return jax.eval_shape(lambda s, v: call_layer(self.layer, s, v, KEY)[1], self.state, self.x)
 
 

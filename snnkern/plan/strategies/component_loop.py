@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from snnkern.kernels.common import params_broadcast
 
 from ..protocol import call_layer, is_compound, is_neuron, is_stateful, keep_dtypes, layer_output, merge_inputs
+from ..seq import float_input
 from ..types import Step
 from ..wiring import sources
 from .base import KEY, CycleSite, CycleStrategy, Taken
@@ -31,10 +32,6 @@ class Lagged(NamedTuple):
 
     seq: jax.Array
     first: jax.Array
-
-
-def _float(x):
-    return x if jnp.issubdtype(x.dtype, jnp.inexact) else x.astype(jnp.float32)
 
 
 def binary_entries(layer, state):
@@ -86,11 +83,11 @@ def _wire(struct, ids, outside):
             elif isinstance(v, Lagged):
                 # the read sequence in the source's state dtype (the reference carries it so)
                 wires.append(("l", len(lag)))
-                lag.append(_float(v.seq.astype(v.first.dtype)))
-                first.append(_float(v.first))
+                lag.append(float_input(v.seq.astype(v.first.dtype)))
+                first.append(float_input(v.first))
             else:
                 wires.append(("x", len(seqs)))
-                seqs.append(_float(v))
+                seqs.append(float_input(v))
         wiring.append(wires)
         xs.append(seqs)
         lags.append(lag)
